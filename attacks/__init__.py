@@ -1,0 +1,1 @@
+"""Input-space attacks (through foolbox and torchattacks) and parameter-space attacks."""

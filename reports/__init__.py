@@ -1,0 +1,1 @@
+"""Renderers of results: terminal (rich), HTML, JSON, JUnit XML and Markdown."""

@@ -1,0 +1,72 @@
+"""The typer application and the error handling shared by every command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+from ..errors import RobustEvalError
+
+EXIT_OK = 0
+EXIT_THRESHOLD_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNRELIABLE = 3
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="robusteval",
+    help="How robust is a trained PyTorch classifier, and why.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Print ``message`` as an error and exit with ``code``."""
+    error_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def handle_errors() -> Iterator[None]:
+    """Turn robusteval's errors and bad values into a message and exit code 2, Ctrl-C into 130."""
+    try:
+        yield
+    except (RobustEvalError, ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        fail(_escape(str(error)))
+    except KeyboardInterrupt:
+        error_console.print("[bold yellow]interrupted:[/] partial results are kept; re-run with --resume to continue.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def configure_logging(verbose: int) -> None:
+    """Send robusteval's log records to standard error at a level set by ``-v`` flags."""
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("robusteval")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``robusteval`` console script."""
+    command: Callable[..., object] = app
+    command(args=argv, prog_name="robusteval")
