@@ -115,6 +115,8 @@ class SampleRecord:
     certificate_exact: dict[str, bool] = field(default_factory=dict)
     min_adversarial_attack: dict[str, str | None] = field(default_factory=dict)
     active_units: list[int] = field(default_factory=list)
+    # Short hash of the activation pattern: samples with equal values share an activation region.
+    activation_region: str | None = None
     logit_margin: float | None = None
     input_gradient_norm: float | None = None
     # norm -> list over that norm's epsilon grid: True when the sample is correct and no attack
