@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ._app import app, main
 
-
+# Each module registers its commands on ``app`` when imported.
+from . import run as _run  # noqa: F401
 
 __all__ = ["app", "main"]

@@ -1,0 +1,116 @@
+"""``robusteval run``: evaluate one model and write ``DIR/results.json`` and the reports."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..pipeline import EvaluationConfig
+from ._app import EXIT_BAD_INPUT, app, configure_logging, console, fail, handle_errors
+from ._progress import RichProgress
+
+
+@app.command()
+def run(
+    model: Optional[str] = typer.Argument(None, help="Model file (.pt TorchScript, .pt2 export, state_dict with --arch), or zoo:<name>. Omit to evaluate the bundled demo model."),
+    data: str = typer.Option("digits", "--data", "-d", help="'digits' (bundled real handwritten digits, test split), 'digits:image', or a .npz/.pt file with arrays x and y."),
+    out: Path = typer.Option(Path("robusteval-out"), "--out", "-o", help="Output directory for results.json and the HTML report."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for state_dict files: 'mlp:64-128-10', 'cnn:1x8x8-16-10' or 'package.module:factory'."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a fully pickled model. Unpickling runs arbitrary code from the file: use only for files you trust."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", min=1, help="Evaluate only the first N samples."),
+    seed: int = typer.Option(0, "--seed", help="Seed for torch, numpy and every attack."),
+    device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda' or 'cuda:N'."),
+    eps: list[str] = typer.Option([], "--eps", help="Threat model as NORM=EPS,EPS,... (linf or l2), repeatable. Default: a grid for the data's scale."),
+    attacks: str = typer.Option("quick", "--attacks", help="Attack suite (quick, standard, thorough) or a comma-separated list of attacks."),
+    parameter_space: bool = typer.Option(True, "--parameter-space/--no-parameter-space", help="Run the parameter-space attacks."),
+    lower: Optional[float] = typer.Option(None, "--lower", help="Lower input bound (default 0)."),
+    upper: Optional[float] = typer.Option(None, "--upper", help="Upper input bound (default 1)."),
+    ts_method: str = typer.Option("auto", "--ts-method", help="Tangent sensitivity: auto, closed_form, exact or hutchinson."),
+    probes: int = typer.Option(64, "--probes", min=1, help="Gaussian probes for the Hutchinson estimate."),
+    block_size: int = typer.Option(128, "--block-size", min=1, help="Samples per block: the unit of seeding, saving and sharding across workers."),
+    memory_budget_mib: int = typer.Option(2048, "--memory-budget", min=16, help="Memory the geometry stage may use at once, in MiB."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    force: bool = typer.Option(False, "--force", help="Overwrite results already in --out."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes to shard the samples over (launches torchrun with the gloo or NCCL backend)."),
+    html: bool = typer.Option(True, "--html/--no-html", help="Write DIR/report.html."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to standard error (-vv for debug)."),
+) -> None:
+    """Evaluate one model: geometry, attacks, parameter space, bounds; print the report and write results."""
+    configure_logging(verbose)
+    if workers > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_launch_workers(workers))
+
+    with handle_errors():
+        if resume and force:
+            fail("--resume and --force cannot be combined: --resume keeps finished blocks, --force discards them.")
+        bounds = None
+        if lower is not None or upper is not None:
+            bounds = (0.0 if lower is None else lower, 1.0 if upper is None else upper)
+        attack_spec: str | tuple[str, ...] = attacks if "," not in attacks else tuple(a.strip() for a in attacks.split(",") if a.strip())
+        config = EvaluationConfig(
+            model=model, arch=arch, trust_pickle=trust_pickle, data=data, bounds=bounds, samples=samples,
+            seed=seed, device=device, eps=tuple(eps), attacks=attack_spec, parameter_space=parameter_space,
+            ts_method=ts_method, probes=probes, block_size=block_size, memory_budget=memory_budget_mib * 2**20,
+        )
+        execute_run(config, out, resume=resume, force=force, html=html)
+
+
+def execute_run(config: EvaluationConfig, out: Path, *, resume: bool, force: bool, html: bool) -> None:
+    """Run the evaluation with progress bars, then print the report and write the files."""
+    from ..distributed import DistributedContext, cuda_device_for_rank
+    from ..pipeline import evaluate
+    from ..reports.terminal import render
+
+    command = "robusteval " + " ".join(shlex.quote(argument) for argument in sys.argv[1:])
+    world = DistributedContext.from_environment(config.device)
+    try:
+        if world.active:
+            from dataclasses import replace
+
+            config = replace(config, device=cuda_device_for_rank(config.device, world))
+        with RichProgress(console, enabled=world.is_main) as progress:
+            results = evaluate(config, out_dir=out, resume=resume, force=force, progress=progress,
+                               command=command, distributed=world)
+    finally:
+        world.close()
+    if not world.is_main:
+        return
+
+    render(results, console)
+    console.print(f"results: [bold]{out / 'results.json'}[/]", highlight=False)
+    if html:
+        try:
+            from ..reports.html import write_html
+        except ImportError:
+            return
+        write_html(results, out / "report.html")
+        console.print(f"HTML report: [bold]{out / 'report.html'}[/]", highlight=False)
+
+
+def _launch_workers(workers: int) -> int:
+    """Re-run this command under ``torchrun`` with ``workers`` processes and return its exit code."""
+    arguments = [argument for argument in sys.argv[1:]]
+    cleaned: list[str] = []
+    skip = False
+    for argument in arguments:
+        if skip:
+            skip = False
+            continue
+        if argument == "--workers":
+            skip = True
+            continue
+        if argument.startswith("--workers="):
+            continue
+        cleaned.append(argument)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
+               "-m", "robusteval", *cleaned]
+    try:
+        return subprocess.call(command)
+    except OSError as error:
+        fail(f"Could not start torchrun for --workers {workers}: {error}.", EXIT_BAD_INPUT)

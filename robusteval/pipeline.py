@@ -1,0 +1,659 @@
+"""The evaluation pipeline: load, preflight, per-block stages, model-level stages, results.
+
+Samples are processed in blocks of ``block_size`` rows. Each block runs the per-sample stages
+(geometry, input-space attacks, regions crossed, per-sample parameter-space radii, tangent shift)
+with seeds derived from the run's seed and the block's first row, and its records are saved
+atomically before the next block starts. The model-level stages (robust accuracy, reliability
+flags, parameter-space curves, bounds, predictive validity) run on the gathered records. So the
+results do not depend on whether a run was interrupted and resumed, or on how blocks were spread
+over processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from ._types import Bounds, Norm
+from .distributed import DistributedContext
+from .progress import NullProgress, ProgressReporter
+from .results import (
+    DataInfo,
+    EnvironmentInfo,
+    Flag,
+    ModelInfo,
+    NormPair,
+    Results,
+    SampleRecord,
+    TangentShiftRecord,
+    save_results,
+)
+from .run_directory import RunDirectory
+from .seeding import derive_seed, seeded
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODEL = "zoo:demo"
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Everything that decides the numbers of one evaluation.
+
+    Attributes:
+        model: Path of the model file, or ``zoo:<name>`` for a bundled model. ``None`` means the
+            bundled demo model.
+        arch: Architecture spec for state_dict files (``mlp:64-128-10`` or ``package.module:factory``).
+        trust_pickle: Allow full unpickling of model files, which can run arbitrary code.
+        data: ``digits``, ``digits:image``, or a path to a ``.npz`` or ``.pt`` file.
+        bounds: Declared input bounds; ``None`` takes the data's default, [0, 1].
+        samples: Evaluate the first ``samples`` rows; ``None`` evaluates all.
+        seed: Seed for torch, numpy and every attack.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        eps: ``--eps`` options such as ``linf=0.05,0.1``; empty takes the defaults for the data's scale.
+        attacks: Suite name (``quick``, ``standard``, ``thorough``) or a list of attack names.
+        parameter_space: Run the parameter-space stages.
+        tangent_shift_epsilon: L2 radius of the tangent-shift search; ``None`` takes the median
+            certified L2 radius of the block, so that most searches start inside the region.
+        ts_method: ``auto``, ``closed_form``, ``exact`` or ``hutchinson``.
+        probes: Gaussian probes for the Hutchinson estimate.
+        block_size: Rows per block; the unit of seeding, saving and sharding.
+        memory_budget: Bytes the geometry stage may use at once; larger work is chunked.
+        bootstrap: Bootstrap resamples for rank-correlation intervals.
+        noise_draws: Weight-noise draws per scale.
+        weight_steps: Gradient steps of the adversarial-weight searches.
+    """
+
+    model: str | None = None
+    arch: str | None = None
+    trust_pickle: bool = False
+    data: str = "digits"
+    bounds: tuple[float, float] | None = None
+    samples: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    eps: tuple[str, ...] = ()
+    attacks: str | tuple[str, ...] = "quick"
+    parameter_space: bool = True
+    tangent_shift_epsilon: float | None = None
+    ts_method: str = "auto"
+    probes: int = 64
+    block_size: int = 128
+    memory_budget: int = 2 * GIB
+    bootstrap: int = 1000
+    noise_draws: int = 8
+    weight_steps: int = 10
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Return the fields that decide the numbers, for checking that a resume is valid."""
+        fields = asdict(self)
+        fields["attacks"] = list(self.attacks) if not isinstance(self.attacks, str) else self.attacks
+        fields["eps"] = list(self.eps)
+        return fields
+
+
+@dataclass
+class _Context:
+    """What the stages share: the loaded model and data, and settings derived from them."""
+
+    config: EvaluationConfig
+    model: nn.Module
+    device: torch.device
+    x: torch.Tensor
+    y: torch.Tensor
+    rows: np.ndarray
+    bounds: Bounds
+    num_classes: int
+    threat_models: list[Any]
+    attack_names: list[str]
+    skipped_attacks: dict[str, str]
+    flags: list[Flag] = field(default_factory=list)
+
+
+def evaluate(
+    config: EvaluationConfig,
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: ProgressReporter | None = None,
+    command: str | None = None,
+    distributed: DistributedContext | None = None,
+) -> Results:
+    """Evaluate one model on one data set and return its results.
+
+    With ``out_dir``, blocks are saved as they finish, ``results.json`` is written at the end,
+    and ``resume=True`` continues an interrupted run. With ``distributed``, each rank evaluates
+    every ``world_size``-th block and rank 0 gathers the records and computes the aggregates;
+    other ranks return ``None``-free partial results holding only their own samples.
+
+    Raises:
+        OutputExistsError: ``out_dir`` holds results and neither ``resume`` nor ``force`` is set.
+        ResumeError: the partial results in ``out_dir`` come from another configuration.
+        ModelLoadError, DataLoadError, PreflightError: the inputs are not usable.
+    """
+    progress = progress or NullProgress()
+    world = distributed or DistributedContext.single()
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+
+    context, loaded_model, dataset = _prepare(config, timing)
+
+    run_directory = RunDirectory(out_dir) if out_dir is not None else None
+    if run_directory is not None and world.is_main:
+        run_directory.prepare(config.fingerprint(), resume=resume, force=force)
+    world.barrier()
+
+    records, block_extras = _run_blocks(context, run_directory, world, progress, timing)
+    if not world.is_main:
+        return _assemble(context, loaded_model, dataset, records, block_extras, {}, timing, command, world)
+
+    model_level = _run_model_level_stages(context, dataset, records, progress, timing)
+    timing["total_seconds"] = time.perf_counter() - started
+    results = _assemble(context, loaded_model, dataset, records, block_extras, model_level, timing, command, world)
+
+    if run_directory is not None:
+        save_results(results, run_directory.results_path)
+        run_directory.finish()
+    return results
+
+
+def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Context, Any, Any]:
+    from .attacks import default_threat_models, parse_eps_options, resolve_attacks
+    from .data import load_data
+    from .loading import load_model
+    from .preflight import preflight
+
+    tick = time.perf_counter()
+    device = resolve_device(config.device)
+    loaded = load_model(config.model or DEMO_MODEL, arch=config.arch, trust_pickle=config.trust_pickle, device=device)
+    bounds = Bounds(*config.bounds) if config.bounds is not None else None
+    dataset = load_data(config.data, bounds=bounds)
+    report = preflight(loaded.module, dataset, device=device, memory_budget=config.memory_budget)
+
+    count = len(dataset.y) if config.samples is None else min(int(config.samples), len(dataset.y))
+    if count < 1:
+        raise ValueError(f"Expected --samples to be at least 1, but got {config.samples}.")
+    rows = np.arange(count)
+    x = dataset.x[:count].to(device)
+    y = dataset.y[:count].to(device)
+
+    threat_models = parse_eps_options(config.eps) if config.eps else default_threat_models(tuple(x.shape[1:]), dataset.bounds)
+    attack_spec = config.attacks if isinstance(config.attacks, str) else list(config.attacks)
+    attack_names, skipped = resolve_attacks(attack_spec, num_classes=report.num_classes, threat_models=threat_models)
+    timing["prepare_seconds"] = time.perf_counter() - tick
+
+    context = _Context(
+        config=config,
+        model=loaded.module,
+        device=device,
+        x=x,
+        y=y,
+        rows=rows,
+        bounds=dataset.bounds,
+        num_classes=report.num_classes,
+        threat_models=threat_models,
+        attack_names=attack_names,
+        skipped_attacks=skipped,
+        flags=list(report.flags),
+    )
+    return context, loaded, dataset
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device ``name``, raising ValueError when it is not available here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"Expected --device to be 'cpu', 'cuda' or 'cuda:N', but got {name!r}.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} was requested but CUDA is not available on this machine. Use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {name} was requested but only {torch.cuda.device_count()} CUDA device(s) exist."
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"Expected --device to be 'cpu', 'cuda' or 'cuda:N', but got {name!r}.")
+    return device
+
+
+def _block_starts(context: _Context) -> list[int]:
+    return list(range(0, len(context.rows), context.config.block_size))
+
+
+def _run_blocks(
+    context: _Context,
+    run_directory: RunDirectory | None,
+    world: DistributedContext,
+    progress: ProgressReporter,
+    timing: dict[str, float],
+) -> tuple[list[SampleRecord], dict[str, Any]]:
+    # Blocks found on disk exist only after `prepare` accepted a resume; a forced or new run
+    # starts with none.
+    starts = _block_starts(context)
+    mine = [start for position, start in enumerate(starts) if position % world.world_size == world.rank]
+    progress.start("samples", sum(min(context.config.block_size, len(context.rows) - s) for s in mine))
+
+    records: list[SampleRecord] = []
+    extras: dict[str, Any] = {}
+    for start in mine:
+        stop = min(start + context.config.block_size, len(context.rows))
+        block_records = run_directory.load_block(start) if run_directory is not None else None
+        if block_records is not None:
+            block_extra = run_directory.load_block_extra(start)  # type: ignore[union-attr]
+        else:
+            block_records, block_extra = _evaluate_block(context, start, stop, progress, timing)
+            if run_directory is not None:
+                run_directory.save_block(start, block_records, block_extra)
+        records.extend(block_records)
+        _merge_extra(extras, block_extra)
+        progress.advance("samples", stop - start)
+    progress.finish("samples")
+
+    gathered_records, gathered_extras = world.gather_blocks(records, extras)
+    if world.is_main:
+        gathered_records.sort(key=lambda record: record.index)
+        return gathered_records, gathered_extras
+    return records, extras
+
+
+def _merge_extra(total: dict[str, Any], block: dict[str, Any]) -> None:
+    for key, value in block.items():
+        if key == "flags":
+            known = {(flag["code"], flag["message"]) for flag in total.setdefault("flags", [])}
+            total["flags"].extend(flag for flag in value if (flag["code"], flag["message"]) not in known)
+        elif key == "seconds":
+            for name, seconds in value.items():
+                total.setdefault("seconds", {})[name] = total.get("seconds", {}).get(name, 0.0) + seconds
+        elif key == "skipped":
+            total.setdefault("skipped", {}).update(value)
+        else:
+            total.setdefault(key, value)
+
+
+def _evaluate_block(
+    context: _Context, start: int, stop: int, progress: ProgressReporter, timing: dict[str, float]
+) -> tuple[list[SampleRecord], dict[str, Any]]:
+    from .attacks import run_input_attacks
+    from .geometry import local_linear_analysis
+
+    config = context.config
+    x = context.x[start:stop]
+    y = context.y[start:stop]
+
+    tick = time.perf_counter()
+    with seeded(derive_seed(config.seed, "geometry", start)) as generator:
+        geometry = local_linear_analysis(
+            context.model, x, bounds=context.bounds, method=config.ts_method, probes=config.probes,
+            generator=generator, memory_budget=config.memory_budget,
+        )
+    _add_time(timing, "geometry_seconds", tick)
+
+    tick = time.perf_counter()
+    outcome = run_input_attacks(
+        context.model, x, y, threat_models=context.threat_models, attacks=context.attack_names,
+        bounds=context.bounds, seed=derive_seed(config.seed, "attacks", start), progress=progress,
+    )
+    _add_time(timing, "input_attack_seconds", tick)
+
+    regions_crossed = _regions_crossed(context, x, outcome, timing)
+    parameter = _per_sample_parameter_space(context, x, y, geometry, start, timing) if config.parameter_space else {}
+
+    records = _build_records(context, start, stop, geometry, outcome, regions_crossed, parameter)
+    extra = {
+        "geometry_method": geometry.method,
+        "geometry_probes": geometry.probes,
+        "flags": [asdict(flag) for flag in outcome.flags],
+        "seconds": dict(outcome.seconds),
+        "skipped": dict(outcome.skipped),
+    }
+    return records, extra
+
+
+def _add_time(timing: dict[str, float], key: str, tick: float) -> None:
+    timing[key] = timing.get(key, 0.0) + time.perf_counter() - tick
+
+
+def _regions_crossed(context: _Context, x: torch.Tensor, outcome: Any, timing: dict[str, float]) -> dict[str, list[int | None]]:
+    from .analysis import count_regions_crossed
+
+    tick = time.perf_counter()
+    crossed: dict[str, list[int | None]] = {}
+    for norm, adversarial in outcome.adversarial_examples.items():
+        found = torch.isfinite(adversarial.flatten(1)).all(dim=1)
+        counts: list[int | None] = [None] * len(x)
+        if bool(found.any()):
+            try:
+                values = count_regions_crossed(context.model, x[found], adversarial[found])
+            except ValueError as error:
+                # Models whose ReLUs cannot be located have no region walk; say so once.
+                context.flags.append(Flag("region_walk_unavailable", "info", str(error), "analysis"))
+                return {}
+            for position, value in zip(torch.nonzero(found).flatten().tolist(), values.tolist()):
+                counts[position] = int(value)
+        crossed[norm] = counts
+    _add_time(timing, "region_walk_seconds", tick)
+    return crossed
+
+
+def _per_sample_parameter_space(
+    context: _Context, x: torch.Tensor, y: torch.Tensor, geometry: Any, start: int, timing: dict[str, float]
+) -> dict[str, Any]:
+    from .attacks.parameter import adversarial_weight_radius, tangent_shift, weight_noise_radius
+
+    config = context.config
+    tick = time.perf_counter()
+    noise_radius = weight_noise_radius(
+        context.model, x, mode="magnitude", draws=config.noise_draws, seed=derive_seed(config.seed, "noise", start)
+    )
+    weight_radius, first_order = adversarial_weight_radius(
+        context.model, x, steps=config.weight_steps, seed=derive_seed(config.seed, "weights", start)
+    )
+
+    predictions = geometry.predictions
+    ts_predicted = geometry.tangent_sensitivity.gather(1, predictions[:, None]).squeeze(1)
+    region_l2 = geometry.region_distance["l2"]
+    epsilon = config.tangent_shift_epsilon
+    if epsilon is None:
+        finite = geometry.certified_radius["l2"][torch.isfinite(geometry.certified_radius["l2"])]
+        epsilon = float(finite.median()) if len(finite) else 0.1
+    shift = tangent_shift(
+        context.model, x, epsilon=epsilon, tangent_sensitivity=ts_predicted, region_distance=region_l2,
+        steps=config.weight_steps, seed=derive_seed(config.seed, "tangent_shift", start),
+    )
+    _add_time(timing, "parameter_space_seconds", tick)
+    return {"noise_radius": noise_radius, "weight_radius": weight_radius, "first_order": first_order, "shift": shift}
+
+
+def _float_or_none(value: Any) -> float | None:
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _pattern_id(patterns: list[torch.Tensor], row: int) -> str | None:
+    if not patterns:
+        return None
+    digest = hashlib.sha1()
+    for layer in patterns:
+        digest.update(np.packbits(layer[row].cpu().numpy().astype(np.uint8)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _build_records(
+    context: _Context,
+    start: int,
+    stop: int,
+    geometry: Any,
+    outcome: Any,
+    regions_crossed: dict[str, list[int | None]],
+    parameter: dict[str, Any],
+) -> list[SampleRecord]:
+    norms: tuple[Norm, ...] = ("l2", "linf")
+    records = []
+    for offset in range(stop - start):
+        row = int(context.rows[start + offset])
+        label = int(context.y[start + offset])
+        prediction = int(geometry.predictions[offset])
+
+        def pair(values: dict[str, torch.Tensor]) -> NormPair:
+            return NormPair(**{norm: _float_or_none(values[norm][offset]) for norm in norms if norm in values})
+
+        record = SampleRecord(
+            index=row,
+            label=label,
+            prediction=prediction,
+            correct=label == prediction,
+            tangent_sensitivity=[float(v) for v in geometry.tangent_sensitivity[offset]],
+            tangent_sensitivity_stderr=(
+                [float(v) for v in geometry.tangent_sensitivity_stderr[offset]]
+                if geometry.tangent_sensitivity_stderr is not None else None
+            ),
+            region_distance=pair(geometry.region_distance),
+            linear_decision_distance=pair(geometry.linear_decision_distance),
+            certified_radius=pair(geometry.certified_radius),
+            certificate_exact={norm: bool(geometry.certificate_exact[norm][offset]) for norm in norms},
+            min_adversarial_distance=NormPair(**{
+                norm: _float_or_none(outcome.min_distance[norm][offset]) for norm in outcome.min_distance
+            }),
+            min_adversarial_attack={norm: outcome.min_distance_attack[norm][offset] for norm in outcome.min_distance_attack},
+            active_units=[int(v) for v in geometry.active_units[offset]],
+            activation_region=_pattern_id(geometry.activation_patterns, offset),
+            logit_margin=_float_or_none(geometry.logit_margin[offset]),
+            input_gradient_norm=_float_or_none(geometry.input_gradient_norm[offset]),
+            attack_success={
+                attack: {norm: [bool(v) for v in table[offset]] for norm, table in by_norm.items()}
+                for attack, by_norm in outcome.success.items()
+            },
+            regions_crossed={norm: counts[offset] for norm, counts in regions_crossed.items()} or None,
+        )
+        if parameter:
+            shift = parameter["shift"]
+            record.weight_noise_radius = _float_or_none(parameter["noise_radius"][offset])
+            record.adversarial_weight_radius = _float_or_none(parameter["weight_radius"][offset])
+            record.adversarial_weight_radius_first_order = _float_or_none(parameter["first_order"][offset])
+            holds = shift.bound_holds[offset] if shift.bound_holds is not None else None
+            record.tangent_shift = TangentShiftRecord(
+                epsilon=float(shift.epsilon),
+                achieved=float(shift.achieved[offset]),
+                bound=float(shift.bound[offset]),
+                crossed_region=bool(shift.crossed_region[offset]),
+                bound_holds=None if holds is None or bool(shift.crossed_region[offset]) else bool(holds),
+            )
+        records.append(record)
+    _fill_robust(context, records)
+    return records
+
+
+def _fill_robust(context: _Context, records: list[SampleRecord]) -> None:
+    """Set ``robust[norm][i]``: correct, and no attack succeeded at ``epsilons[i]``."""
+    for record in records:
+        for threat_model in context.threat_models:
+            norm = threat_model.norm
+            flags = []
+            for position, _ in enumerate(threat_model.epsilons):
+                broken = any(
+                    by_norm.get(norm, [False] * len(threat_model.epsilons))[position]
+                    for by_norm in record.attack_success.values()
+                )
+                flags.append(bool(record.correct and not broken))
+            record.robust[norm] = flags
+
+
+def _run_model_level_stages(
+    context: _Context, dataset: Any, records: list[SampleRecord], progress: ProgressReporter, timing: dict[str, float]
+) -> dict[str, Any]:
+    from .analysis import certified_bracket, predictive_validity
+    from .attacks import assess_reliability, summarize_threat_models
+    from .bounds import compute_bounds, generalization_estimates
+
+    config = context.config
+    output: dict[str, Any] = {}
+
+    tick = time.perf_counter()
+    threat_results = summarize_threat_models(
+        records, context.threat_models, context.attack_names, context.skipped_attacks, {},
+    )
+    output["threat_models"] = threat_results
+    output["flags"] = assess_reliability(
+        context.model, context.x, context.y, threat_results, records, bounds=context.bounds,
+        seed=derive_seed(config.seed, "reliability"),
+    )
+    _add_time(timing, "reliability_seconds", tick)
+
+    if config.parameter_space:
+        tick = time.perf_counter()
+        progress.start("parameter space", 1)
+        output["parameter_space"] = _parameter_space_section(context, records)
+        progress.finish("parameter space")
+        _add_time(timing, "parameter_space_seconds", tick)
+
+    tick = time.perf_counter()
+    ts = torch.tensor([record.tangent_sensitivity for record in records], dtype=torch.float64)
+    active = torch.tensor([record.active_units for record in records], dtype=torch.int64) if records[0].active_units else None
+    output["bounds"] = compute_bounds(context.model, tangent_sensitivity=ts, active_units=active)
+    if dataset.x_train is not None and dataset.y_train is not None:
+        output["generalization"] = generalization_estimates(
+            context.model, x_train=dataset.x_train.to(context.device), y_train=dataset.y_train.to(context.device),
+            x_test=context.x, y_test=context.y,
+        )
+    epsilons = {tm.norm: list(tm.epsilons) for tm in context.threat_models}
+    output["predictive"] = predictive_validity(
+        records, epsilons=epsilons, seed=derive_seed(config.seed, "bootstrap"), resamples=config.bootstrap
+    )
+    output["bracket"] = certified_bracket(records)
+    output["regions"] = _region_statistics(records)
+    _add_time(timing, "analysis_seconds", tick)
+    return output
+
+
+def _region_statistics(records: list[SampleRecord]) -> dict[str, Any]:
+    """Summarize activation regions over the evaluated samples from their pattern hashes."""
+    regions: dict[str, list[SampleRecord]] = {}
+    for record in records:
+        if record.activation_region is not None:
+            regions.setdefault(record.activation_region, []).append(record)
+    if not regions:
+        return {"available": False}
+
+    active = np.array([record.active_units for record in records], dtype=np.float64)  # (N, L)
+    sizes = sorted((len(members) for members in regions.values()), reverse=True)
+    return {
+        "available": True,
+        "distinct_patterns": len(regions),
+        "samples": len(records),
+        "largest_region_samples": sizes[0],
+        "singleton_regions": sum(size == 1 for size in sizes),
+        "active_units_per_layer": {
+            "mean": active.mean(axis=0).tolist(),
+            "min": active.min(axis=0).tolist(),
+            "max": active.max(axis=0).tolist(),
+        },
+        "total_active_units": {"mean": float(active.sum(axis=1).mean()), "std": float(active.sum(axis=1).std())},
+    }
+
+
+def _parameter_space_section(context: _Context, records: list[SampleRecord]) -> dict[str, Any]:
+    from .attacks.parameter import parameter_space_section
+
+    config = context.config
+    return parameter_space_section(
+        context.model, context.x, context.y, records=records, seed=derive_seed(config.seed, "parameter_space"),
+        draws=config.noise_draws, steps=config.weight_steps,
+    )
+
+
+def _assemble(
+    context: _Context,
+    loaded: Any,
+    dataset: Any,
+    records: list[SampleRecord],
+    extras: dict[str, Any],
+    model_level: dict[str, Any],
+    timing: dict[str, float],
+    command: str | None,
+    world: DistributedContext,
+) -> Results:
+    from .architectures import count_parameters, is_piecewise_linear
+
+    config = context.config
+    flags = list(context.flags)
+    flags += [Flag(**flag) for flag in extras.get("flags", [])]
+    flags += list(model_level.get("flags", []))
+
+    threat_models = model_level.get("threat_models", [])
+    for threat_model in threat_models:
+        threat_model.attack_seconds = {
+            name: seconds for name, seconds in extras.get("seconds", {}).items()
+        }
+        threat_model.skipped_attacks = {**context.skipped_attacks, **extras.get("skipped", {})}
+
+    clean_accuracy = sum(record.correct for record in records) / max(len(records), 1)
+    indices = ",".join(str(record.index) for record in records)
+
+    return Results(
+        model=ModelInfo(
+            path=loaded.path,
+            sha256=loaded.sha256,
+            format=loaded.format,
+            parameter_count=count_parameters(context.model),
+            piecewise_linear=is_piecewise_linear(context.model),
+            architecture=loaded.architecture,
+            num_classes=context.num_classes,
+            name=loaded.name,
+        ),
+        data=DataInfo(
+            name=dataset.name,
+            sha256=dataset.sha256,
+            num_samples=len(records),
+            input_shape=list(context.x.shape[1:]),
+            input_bounds=[float(context.bounds.lower), float(context.bounds.upper)],
+            num_classes=context.num_classes,
+            has_train_split=dataset.x_train is not None,
+            sample_indices_sha256=hashlib.sha256(indices.encode()).hexdigest(),
+        ),
+        environment=_environment(config, world),
+        clean_accuracy=clean_accuracy,
+        threat_models=threat_models,
+        samples=records,
+        flags=flags,
+        parameter_space=model_level.get("parameter_space"),
+        predictive=model_level.get("predictive", []),
+        bounds=model_level.get("bounds"),
+        geometry={
+            "method": extras.get("geometry_method"),
+            "probes": extras.get("geometry_probes"),
+            "bracket": model_level.get("bracket"),
+        },
+        regions=model_level.get("regions"),
+        generalization=model_level.get("generalization"),
+        config=config.fingerprint(),
+        timing=timing,
+        command=command,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _environment(config: EvaluationConfig, world: DistributedContext) -> EnvironmentInfo:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def package_version(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return EnvironmentInfo(
+        robusteval=__version__,
+        torch=torch.__version__,
+        foolbox=package_version("foolbox"),
+        torchattacks=package_version("torchattacks"),
+        python=sys.version.split()[0],
+        device=config.device,
+        seed=config.seed,
+        platform=platform.platform(),
+        torch_threads=torch.get_num_threads(),
+        world_size=world.world_size,
+    )
+
+
+def replace_config(config: EvaluationConfig, **changes: Any) -> EvaluationConfig:
+    """Return ``config`` with ``changes`` applied (a typed ``dataclasses.replace``)."""
+    return replace(config, **changes)
+
+
+__all__ = ["EvaluationConfig", "evaluate", "resolve_device", "replace_config", "DEMO_MODEL"]
