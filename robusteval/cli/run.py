@@ -33,6 +33,10 @@ def run(
     upper: Optional[float] = typer.Option(None, "--upper", help="Upper input bound (default 1)."),
     ts_method: str = typer.Option("auto", "--ts-method", help="Tangent sensitivity: auto, closed_form, exact or hutchinson."),
     probes: int = typer.Option(64, "--probes", min=1, help="Gaussian probes for the Hutchinson estimate."),
+    noise_draws: int = typer.Option(8, "--noise-draws", min=1, help="Weight-noise draws per scale."),
+    weight_steps: int = typer.Option(10, "--weight-steps", min=1, help="Gradient steps of the adversarial-weight and tangent-shift searches."),
+    tangent_shift_epsilon: Optional[float] = typer.Option(None, "--tangent-shift-eps", min=0.0, help="L2 radius of the tangent-shift search. Default: the median certified L2 radius."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the rank-correlation intervals."),
     block_size: int = typer.Option(128, "--block-size", min=1, help="Samples per block: the unit of seeding, saving and sharding across workers."),
     memory_budget_mib: int = typer.Option(2048, "--memory-budget", min=16, help="Memory the geometry stage may use at once, in MiB."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
@@ -56,7 +60,8 @@ def run(
         config = EvaluationConfig(
             model=model, arch=arch, trust_pickle=trust_pickle, data=data, bounds=bounds, samples=samples,
             seed=seed, device=device, eps=tuple(eps), attacks=attack_spec, parameter_space=parameter_space,
-            ts_method=ts_method, probes=probes, block_size=block_size, memory_budget=memory_budget_mib * 2**20,
+            ts_method=ts_method, probes=probes, noise_draws=noise_draws, weight_steps=weight_steps,
+            tangent_shift_epsilon=tangent_shift_epsilon, bootstrap=bootstrap, block_size=block_size, memory_budget=memory_budget_mib * 2**20,
         )
         execute_run(config, out, resume=resume, force=force, html=html)
 
