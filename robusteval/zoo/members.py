@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from .training import TrainingConfig
 
 BASE = TrainingConfig(architecture="mlp:64-64-64-10")
-QUICK_EPOCHS = 6
+QUICK_EPOCHS = 10
 ADVERSARIAL_STEPS = 7
 
 
