@@ -1,0 +1,112 @@
+"""Rank correlations, bootstrap intervals and AUROC against scipy and scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from robusteval.analysis import auroc, bootstrap_kendall, bootstrap_spearman, kendall, spearman
+from robusteval.analysis.correlation import PAIRWISE_KENDALL_MAX_SAMPLES, bootstrap_indices, kendall_rows
+
+
+def _correlated_data(seed: int, n: int = 60, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    y = 0.6 * x + rng.normal(size=n)
+    if ties:
+        x, y = np.round(x, 0), np.round(y, 0)
+    return x, y
+
+
+@pytest.mark.parametrize(("seed", "ties"), [(0, False), (1, True), (2, False), (3, True)])
+def test_spearman_matches_scipy(seed: int, ties: bool) -> None:
+    x, y = _correlated_data(seed, ties=ties)
+    assert float(spearman(x, y)) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_spearman_batched_rows_match_scipy() -> None:
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(5, 30)), rng.normal(size=(5, 30))
+    batched = spearman(x, y)
+    for row in range(5):
+        assert batched[row] == pytest.approx(stats.spearmanr(x[row], y[row]).statistic, abs=1e-12)
+
+
+def test_spearman_constant_is_nan() -> None:
+    assert np.isnan(spearman(np.ones(5), np.arange(5.0)))
+
+
+@pytest.mark.parametrize(("seed", "ties"), [(0, False), (1, True)])
+def test_kendall_matches_scipy(seed: int, ties: bool) -> None:
+    x, y = _correlated_data(seed, ties=ties)
+    assert kendall(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+
+
+def test_bootstrap_interval_contains_estimate() -> None:
+    x, y = _correlated_data(5, n=80)
+    indices = bootstrap_indices(x.size, 1000, np.random.default_rng(7))
+    spearman_interval = bootstrap_spearman(x, y, indices)
+    kendall_interval = bootstrap_kendall(x, y, indices)
+
+    assert spearman_interval.lower < float(spearman(x, y)) < spearman_interval.upper
+    assert kendall_interval.lower < kendall(x, y) < kendall_interval.upper
+    assert spearman_interval.valid_resamples == 1000
+    assert 0.1 < spearman_interval.upper - spearman_interval.lower < 0.8
+
+
+def test_bootstrap_reproducible_with_seed() -> None:
+    x, y = _correlated_data(6)
+    first = bootstrap_spearman(x, y, bootstrap_indices(x.size, 300, np.random.default_rng(11)))
+    second = bootstrap_spearman(x, y, bootstrap_indices(x.size, 300, np.random.default_rng(11)))
+    other = bootstrap_spearman(x, y, bootstrap_indices(x.size, 300, np.random.default_rng(12)))
+
+    assert first == second
+    assert first != other
+
+
+def test_bootstrap_interval_matches_percentiles() -> None:
+    x, y = _correlated_data(8, n=25)
+    indices = bootstrap_indices(x.size, 200, np.random.default_rng(3))
+    values = np.array([stats.spearmanr(x[row], y[row]).statistic for row in indices])
+    values = values[np.isfinite(values)]
+
+    interval = bootstrap_spearman(x, y, indices)
+
+    assert interval.lower == pytest.approx(np.percentile(values, 2.5), abs=1e-12)
+    assert interval.upper == pytest.approx(np.percentile(values, 97.5), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auroc_matches_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.random(50) < 0.4
+    scores = np.round(rng.normal(size=50) + labels, 1)  # rounding creates ties
+
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_auroc_one_class_is_none() -> None:
+    assert auroc(np.arange(4.0), np.ones(4, dtype=bool)) is None
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_kendall_rows_match_scipy(ties: bool) -> None:
+    x, y = _correlated_data(9, n=40, ties=ties)
+    indices = bootstrap_indices(x.size, 70, np.random.default_rng(2))
+
+    batched = kendall_rows(x[indices], y[indices])
+
+    for row, value in zip(indices, batched):
+        assert value == pytest.approx(stats.kendalltau(x[row], y[row]).statistic, abs=1e-12)
+
+
+def test_bootstrap_kendall_paths_agree() -> None:
+    x, y = _correlated_data(10, n=PAIRWISE_KENDALL_MAX_SAMPLES + 1)
+    indices = bootstrap_indices(x.size, 20, np.random.default_rng(4))
+    looped = bootstrap_kendall(x, y, indices)
+    pairwise = np.array([kendall(x[row], y[row]) for row in indices])
+
+    assert looped.lower == pytest.approx(np.percentile(pairwise, 2.5), abs=1e-12)
+    assert kendall_rows(x[indices], y[indices]) == pytest.approx(pairwise, abs=1e-12)
