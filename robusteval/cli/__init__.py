@@ -17,6 +17,9 @@ from ._app import app, main
 
 # Each module registers its commands on ``app`` when imported.
 from . import run as _run  # noqa: F401
+from . import report as _report  # noqa: F401
+from . import compare as _compare  # noqa: F401
+from . import gate as _gate  # noqa: F401
 from . import zoo as _zoo  # noqa: F401
 
 __all__ = ["app", "main"]

@@ -1,0 +1,142 @@
+"""``robusteval compare``: evaluate several models on the same samples and compare them, paired."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from ._app import app, configure_logging, console, fail, handle_errors
+
+if TYPE_CHECKING:
+    from ..compare import Comparison
+    from ..pipeline import EvaluationConfig
+    from ..results import Results
+
+
+def is_results_file(target: str) -> bool:
+    """Return whether a MODEL argument names a results file (``*.json``) instead of a model."""
+    return target.lower().endswith(".json")
+
+
+def results_or_evaluation(
+    target: str, config: EvaluationConfig | None, out_dir: Path | None, *, force: bool = False
+) -> Results:
+    """Load ``target`` if it is a results file, else evaluate it as a model with ``config``.
+
+    ``config`` is the shared configuration with ``model`` replaced by ``target``; it is ``None``
+    when no data was given, in which case only results files are accepted.
+    """
+    from dataclasses import replace
+
+    from ..pipeline import evaluate
+    from ..results import load_results
+
+    if is_results_file(target):
+        return load_results(target)
+    if config is None:
+        raise ValueError(
+            f"Expected --data to evaluate the model {target!r}, but none was given. "
+            "Pass --data, or pass a results.json in place of the model."
+        )
+    command = "robusteval " + " ".join(shlex.quote(argument) for argument in sys.argv[1:])
+    return evaluate(replace(config, model=target), out_dir=out_dir, force=force, command=command)
+
+
+def run_directory_name(position: int, target: str) -> str:
+    """Return a file-system-safe directory name for the ``position``-th compared model."""
+    stem = Path(target).stem or "model"
+    safe = "".join(char if char.isalnum() or char in "-_." else "_" for char in stem)[:60]
+    return f"{position + 1:02d}-{safe}"
+
+
+@app.command()
+def compare(
+    models: list[str] = typer.Argument(..., help="Two or more model files, or results.json files of runs on the same samples."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data for the models: 'digits', 'digits:image', or a .npz/.pt file. Required unless every MODEL is a results.json."),
+    out: Path = typer.Option(Path("robusteval-compare"), "--out", "-o", help="Output directory: one run directory per model and comparison.html."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every evaluation and of the bootstrap resampling."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", min=1, help="Evaluate only the first N samples."),
+    attacks: str = typer.Option("quick", "--attacks", help="Attack suite (quick, standard, thorough) or a comma-separated list of attacks."),
+    eps: list[str] = typer.Option([], "--eps", help="Threat model as NORM=EPS,EPS,... (linf or l2), repeatable. Default: a grid for the data's scale."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for state_dict files, the same for every model."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading fully pickled models. Unpickling runs arbitrary code: use only for files you trust."),
+    parameter_space: bool = typer.Option(True, "--parameter-space/--no-parameter-space", help="Run the parameter-space attacks."),
+    resamples: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the intervals on the differences."),
+    force: bool = typer.Option(False, "--force", help="Overwrite results already in the run directories under --out."),
+    html: bool = typer.Option(True, "--html/--no-html", help="Write DIR/comparison.html."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to standard error (-vv for debug)."),
+) -> None:
+    """Compare models on the same samples, seed and attacks: side-by-side table and paired tests."""
+    configure_logging(verbose)
+    with handle_errors():
+        if len(models) < 2:
+            fail(f"Expected at least two models to compare, but got {len(models)}.")
+        from ..compare import compare_results
+        from ..pipeline import EvaluationConfig
+
+        config = None
+        if data is not None:
+            attack_spec: str | tuple[str, ...] = attacks if "," not in attacks else tuple(a.strip() for a in attacks.split(",") if a.strip())
+            config = EvaluationConfig(
+                arch=arch, trust_pickle=trust_pickle, data=data, samples=samples, seed=seed, eps=tuple(eps),
+                attacks=attack_spec, parameter_space=parameter_space,
+            )
+        evaluated = [
+            results_or_evaluation(target, config, out / run_directory_name(position, target), force=force)
+            for position, target in enumerate(models)
+        ]
+        comparison = compare_results(evaluated, seed=seed, resamples=resamples)
+        print_comparison(comparison)
+        if html:
+            from ..reports.html import write_comparison_html
+
+            write_comparison_html(comparison, out / "comparison.html")
+            console.print(Text.assemble("HTML report: ", (str(out / "comparison.html"), "bold")))
+
+
+def print_comparison(comparison: Comparison) -> None:
+    """Print the side-by-side table, the paired tests and the notes of ``comparison``."""
+    from ..reports.html import format_number, format_percent
+
+    table = Table(title="Models side by side")
+    table.add_column("model")
+    table.add_column("clean accuracy", justify="right")
+    for norm, epsilons in comparison.epsilons.items():
+        for epsilon in epsilons:
+            table.add_column(f"robust {norm} {epsilon:g}", justify="right")
+        table.add_column(f"median min. adv. distance {norm}", justify="right")
+    table.add_column("mean TS", justify="right")
+    for row in comparison.rows:
+        cells = [Text(row.label), format_percent(row.clean_accuracy)]
+        for norm in comparison.epsilons:
+            cells += [format_percent(value) for value in row.robust_accuracy[norm]]
+            cells.append(format_number(row.median_min_adversarial_distance[norm]))
+        cells.append(format_number(row.mean_tangent_sensitivity))
+        table.add_row(*cells)
+    console.print(table)
+
+    tests = Table(title="McNemar exact tests (paired with the first model)")
+    for column in ("second", "outcome", "epsilon", "only first", "only second", "p-value"):
+        tests.add_column(column, justify="left" if column in ("second", "outcome") else "right")
+    for test in comparison.mcnemar:
+        outcome = "clean" if test.norm is None else f"robust {test.norm}"
+        tests.add_row(Text(test.second), outcome, format_number(test.epsilon), str(test.only_first),
+                      str(test.only_second), format_number(test.p_value, 3))
+    console.print(tests)
+
+    intervals = Table(title="Differences (second minus first), paired bootstrap")
+    for column in ("second", "statistic", "norm", "epsilon", "difference", "interval"):
+        intervals.add_column(column, justify="left" if column in ("second", "statistic", "norm") else "right")
+    for item in comparison.bootstrap:
+        interval = item.note if item.low is None else f"[{format_number(item.low)}, {format_number(item.high)}]"
+        intervals.add_row(Text(item.second), item.statistic, item.norm, format_number(item.epsilon),
+                          format_number(item.difference), Text(str(interval)))
+    console.print(intervals)
+    for note in comparison.notes:
+        console.print(Text(f"note: {note}"))
