@@ -55,6 +55,10 @@ def _mean_tangent_sensitivity(record: SampleRecord) -> float | None:
     return float(np.mean(record.tangent_sensitivity)) if record.tangent_sensitivity else None
 
 
+def _flip_probability(key: str) -> Extractor:
+    return lambda record: (record.weight_noise_flip_probability or {}).get(key)
+
+
 def _tangent_shift_achieved(record: SampleRecord) -> float | None:
     return record.tangent_shift.achieved if record.tangent_shift is not None else None
 
@@ -80,14 +84,7 @@ def _targets(samples: list[SampleRecord]) -> list[Quantity]:
     targets.append(Quantity("adversarial_weight_radius", lambda record: record.adversarial_weight_radius, None, +1))
     noise_keys = sorted({key for record in samples for key in (record.weight_noise_flip_probability or {})})
     for key in noise_keys:
-        targets.append(
-            Quantity(
-                f"weight_noise_flip_probability@{key}",
-                lambda record, key=key: (record.weight_noise_flip_probability or {}).get(key),
-                None,
-                -1,
-            )
-        )
+        targets.append(Quantity(f"weight_noise_flip_probability@{key}", _flip_probability(key), None, -1))
     targets.append(Quantity("tangent_shift_achieved", _tangent_shift_achieved, None, -1))
     return targets
 
@@ -139,7 +136,7 @@ def predictive_validity(
                 continue
             entry = _correlate(score_columns[score.name], target_column, score.name, target.name, seed, resamples)
             entry["expected_sign"] = score.direction * target.direction
-            if target.name.startswith("min_adversarial_distance_") and target.norm in epsilons:
+            if target.name.startswith("min_adversarial_distance_") and target.norm is not None and target.norm in epsilons:
                 entry["auroc"] = _auroc_per_epsilon(correct, score_columns[score.name], target.norm, epsilons[target.norm])
             results.append(entry)
     return results

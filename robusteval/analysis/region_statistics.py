@@ -46,7 +46,7 @@ def region_statistics(activation_patterns: list[Tensor], tangent_sensitivity: Te
     per_sample = tangent_sensitivity.detach().to(torch.float64).cpu()  # (N, K)
     region_of = region_of.cpu()
 
-    regions = []
+    regions: list[dict[str, Any]] = []
     largest_spread = 0.0
     for region in torch.argsort(sizes.cpu(), descending=True, stable=True).tolist():
         members = per_sample[region_of == region]  # (size, K)

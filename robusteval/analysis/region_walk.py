@@ -67,7 +67,8 @@ def count_regions_crossed(model: nn.Module, x: Tensor, x_adv: Tensor) -> Tensor:
             break
         times = position[rows].reshape(-1, *([1] * (x.dim() - 1)))
         point = start[rows] + times * direction[rows]
-        (_, values), (_, slopes) = jvp(runner, (point,), (direction[rows],))
+        primals, tangents = jvp(runner, (point,), (direction[rows],))[:2]
+        values, slopes = primals[1], tangents[1]
         if not values:
             break
         value = torch.cat(values, dim=1)  # (n, U) pre-activations at the current point

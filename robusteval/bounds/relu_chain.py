@@ -92,11 +92,12 @@ def extract_relu_chain(model: nn.Module) -> tuple[ReluChain | None, str]:
             f"but the model's layers are: {order}."
         )
 
-    weights = tuple(layer.weight.detach().to(torch.float64) for layer in linear)  # type: ignore[union-attr]
+    linear_layers = [layer for layer in linear if isinstance(layer, nn.Linear)]
+    weights = tuple(layer.weight.detach().to(torch.float64) for layer in linear_layers)
     biases = tuple(
-        layer.bias.detach().to(torch.float64) if layer.bias is not None  # type: ignore[union-attr]
-        else torch.zeros(layer.out_features, dtype=torch.float64, device=layer.weight.device)  # type: ignore[union-attr]
-        for layer in linear
+        layer.bias.detach().to(torch.float64) if layer.bias is not None
+        else torch.zeros(layer.out_features, dtype=torch.float64, device=layer.weight.device)
+        for layer in linear_layers
     )
     return ReluChain(weights, biases), ""
 

@@ -59,12 +59,12 @@ def spectral_norm(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     direction = torch.randn(sample.shape, generator=generator, dtype=sample.dtype).to(sample.device)
     direction = direction / direction.norm()
-    _, pullback = vjp(function, sample)
+    pullback = vjp(function, sample)[1]
 
     estimate = 0.0
     steps = 0
     for steps in range(1, iterations + 1):
-        _, image = jvp(function, (sample,), (direction,))  # T v, shape (P,)
+        image = jvp(function, (sample,), (direction,))[1]  # T v, shape (P,)
         (back,) = pullback(image)  # T^T T v, shape of the sample
         norm = float(back.norm())
         if norm == 0.0:
