@@ -164,7 +164,7 @@ def single_example_update_attack(
             changed_by,
         )
         perturbed_step = _detached(update(example + delta))
-        _, direction_derivative = torch.func.jvp(update, (example,), (delta,))
+        direction_derivative = _directional_derivative(update, example, delta)
         first_order_step = {name: clean_step[name] + direction_derivative[name].detach() for name in parameters}
 
         delta_l2 = float(delta.norm())
@@ -202,13 +202,15 @@ def single_example_update_attack(
 def exact_tangent_sensitivity(model: nn.Module, parameters: Parameters, example: Tensor, target: int) -> float:
     """Return TS_k = ||d/dx grad_theta f_k(x)||_F at one example ``(1, ...)``.
 
-    Exact: one forward-over-reverse product per input dimension, vectorized over chunks of the
+    Exact: one Jacobian-vector product per input dimension, vectorized over chunks of the
     standard basis so that a chunk of ``(c, P)`` products fits the per-sample memory budget.
     """
     tangent = _update_function(model, parameters, target, 1.0, "output")
+    _, pullback = torch.func.vjp(tangent, example)
+    cotangent_shape = {name: tensor.shape for name, tensor in parameters.items()}
 
     def flat_derivative(direction: Tensor) -> Tensor:
-        _, derivative = torch.func.jvp(tangent, (example,), (direction.view_as(example),))
+        derivative = _pushforward(pullback, cotangent_shape, direction.view_as(example), example)
         return torch.cat([value.flatten() for value in derivative.values()])
 
     dimension = example.numel()
@@ -218,6 +220,29 @@ def exact_tangent_sensitivity(model: nn.Module, parameters: Parameters, example:
         basis = torch.eye(dimension, dtype=example.dtype, device=example.device)[start : start + chunk]
         total += float(torch.vmap(flat_derivative)(basis).double().pow(2).sum())
     return math.sqrt(total)
+
+
+def _directional_derivative(update, example: Tensor, direction: Tensor) -> Parameters:  # type: ignore[no-untyped-def]
+    """Return J direction, J the Jacobian of ``update`` at ``example``."""
+    _, pullback = torch.func.vjp(update, example)
+    shapes = {name: tensor.shape for name, tensor in update(example).items()}
+    return {name: tensor.detach() for name, tensor in _pushforward(pullback, shapes, direction, example).items()}
+
+
+def _pushforward(pullback, shapes: dict[str, torch.Size], direction: Tensor, example: Tensor) -> Parameters:  # type: ignore[no-untyped-def]
+    """Return the Jacobian-vector product J direction from the vector-Jacobian product ``pullback``.
+
+    u -> <J^T u, direction> is linear in u with gradient J direction, so one more reverse pass
+    gives the forward-mode product. Reverse mode only: torch 2.13's forward-mode AD loads
+    TorchScript decompositions on first use, which raises a DeprecationWarning.
+    """
+
+    def projected(cotangent: Parameters) -> Tensor:
+        (pulled,) = pullback(cotangent)
+        return (pulled * direction).sum()
+
+    zeros = {name: example.new_zeros(shape) for name, shape in shapes.items()}
+    return torch.func.grad(projected)(zeros)
 
 
 def _update_function(model: nn.Module, parameters: Parameters, target: int, step_size: float, mode: UpdateMode):  # type: ignore[no-untyped-def]
