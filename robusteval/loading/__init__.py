@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError, UnsafePickleError
-from ._archives import ArchiveInfo, MAX_PICKLE_BYTES, classify_archive, export_code_risks, read_member
+from ._archives import MAX_PICKLE_BYTES, ZIP_READ_ERRORS, ArchiveInfo, classify_archive, export_code_risks, read_member
 from ._pickle_scan import PickleScan, scan_pickle_bytes, scan_pickles
 from ._state_dict import CHECKPOINT_KEYS, build_from_state_dict, describe_checkpoint, is_state_dict
 
@@ -160,7 +160,7 @@ def _load_file(source: Path, *, arch: str | None, trust_pickle: bool) -> tuple[n
 def _load_zip(source: Path, *, arch: str | None, trust_pickle: bool) -> tuple[nn.Module, str, str | None]:
     try:
         archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as error:
+    except ZIP_READ_ERRORS as error:
         raise ModelLoadError(
             f"{str(source)!r} starts like a zip archive (the container of .pt and .pt2 files) but cannot be "
             f"read as one ({error}); it is probably truncated or corrupt. Download or save it again."
@@ -169,7 +169,7 @@ def _load_zip(source: Path, *, arch: str | None, trust_pickle: bool) -> tuple[nn
     with archive:
         try:
             info = classify_archive(archive)
-        except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError, NotImplementedError) as error:
+        except ZIP_READ_ERRORS as error:
             raise ModelLoadError(f"Could not read the zip archive {str(source)!r} ({error}). Download or save it again.") from None
         if info.kind == "torchscript":
             return _load_torchscript(source), "torchscript", None
@@ -194,7 +194,7 @@ def _load_zip(source: Path, *, arch: str | None, trust_pickle: bool) -> tuple[nn
 def _read_archive_pickle(source: Path, archive: zipfile.ZipFile, info: ArchiveInfo) -> bytes:
     try:
         return read_member(archive, info.path_of("data.pkl"), limit=MAX_PICKLE_BYTES)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
+    except ZIP_READ_ERRORS as error:
         raise ModelLoadError(f"Could not read data.pkl from {str(source)!r} ({error}); the file is corrupt. Save it again.") from None
 
 
@@ -281,7 +281,13 @@ def _load_torchscript(source: Path) -> nn.Module:
 
 
 def _load_export(source: Path, archive: zipfile.ZipFile, info: ArchiveInfo, *, trust_pickle: bool) -> nn.Module:
-    risks = export_code_risks(archive, info)
+    try:
+        risks = export_code_risks(archive, info)
+    except ZIP_READ_ERRORS as error:
+        raise ModelLoadError(
+            f"Could not read the torch.export archive {str(source)!r} ({type(error).__name__}: {error}); "
+            "it is probably corrupt. Export the model again."
+        ) from None
     if risks and not trust_pickle:
         raise UnsafePickleError(
             f"{str(source)!r} is a torch.export archive whose loading would run code from the file: "

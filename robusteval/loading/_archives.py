@@ -15,6 +15,7 @@ import io
 import json
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,9 @@ ArchiveKind = Literal["torchscript", "export", "torch_save", "npz", "unknown"]
 
 # data.pkl of a state_dict is a few kB per tensor; a larger pickle is not scanned in memory.
 MAX_PICKLE_BYTES = 256 * 2**20
+
+# What zipfile raises on damaged archives: bad headers, CRC mismatches, broken compression.
+ZIP_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, ValueError, EOFError, KeyError, NotImplementedError)
 
 _EXPORT_COMPILED_DIRS = ("data/aotinductor/", "data/executorch/", "data/mtia/")
 _EXPORT_UNPICKLED_PREFIXES = ("custom_obj_", "opaque_obj_")

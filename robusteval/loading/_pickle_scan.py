@@ -82,6 +82,7 @@ def scan_pickles(stream: BinaryIO, size: int, max_pickles: int = 8) -> PickleSca
     decoder reaches bytes that are not a pickle.
     """
     scan = PickleScan()
+    stream = _BoundedReader(stream, size)
     while scan.pickle_count < max_pickles and stream.tell() < size:
         try:
             integers = _scan_one(stream, scan.globals)
@@ -100,7 +101,7 @@ def scan_pickle_bytes(data: bytes, max_pickles: int = 8) -> PickleScan:
     return scan_pickles(io.BytesIO(data), len(data), max_pickles)
 
 
-def _scan_one(stream: BinaryIO, found: list[str]) -> list[int]:
+def _scan_one(stream: _BoundedReader, found: list[str]) -> list[int]:
     # Strings pushed so far, and strings stored in the memo, resolve STACK_GLOBAL's two operands
     # well enough to name the global in a message.
     strings: list[str] = []
@@ -127,6 +128,30 @@ def _scan_one(stream: BinaryIO, found: list[str]) -> list[int]:
         elif name in _INTEGER_OPCODES and isinstance(argument, int):
             integers.append(argument)
     return integers
+
+
+class _BoundedReader:
+    """File wrapper that never reads past ``size`` bytes.
+
+    A pickle opcode such as ``BINBYTES8`` declares its length; genops passes that length to
+    ``read``, and a buffered file allocates the full amount before reading. A few bytes declaring
+    exabytes would raise MemoryError. Clamped reads return what is there, and genops then
+    raises ValueError for the short read.
+    """
+
+    def __init__(self, stream: BinaryIO, size: int) -> None:
+        self._stream = stream
+        self._size = size
+
+    def read(self, count: int = -1) -> bytes:
+        remaining = max(0, self._size - self._stream.tell())
+        return self._stream.read(remaining if count < 0 else min(count, remaining))
+
+    def readline(self) -> bytes:
+        return self._stream.readline(max(0, self._size - self._stream.tell()))
+
+    def tell(self) -> int:
+        return self._stream.tell()
 
 
 def _record(found: list[str], name: str) -> None:

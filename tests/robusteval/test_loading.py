@@ -399,3 +399,28 @@ def test_export_archive_with_compiled_code_refused(tmp_path):
 
     with pytest.raises(UnsafePickleError, match="compiled code"):
         load_model(planted)
+
+
+def test_export_archive_with_bad_checksum(tmp_path):
+    # Found by fuzz_loader.py: a flipped bit in a JSON member made zipfile raise BadZipFile.
+    clean = tmp_path / "clean.pt2"
+    torch.export.save(torch.export.export(make_network(), (probe(),)), clean)
+    data = bytearray(clean.read_bytes())
+    start = data.index(b'{"config"')
+    data[start + 2] ^= 0x01
+    damaged = tmp_path / "damaged.pt2"
+    damaged.write_bytes(bytes(data))
+
+    with pytest.raises(ModelLoadError, match="Bad CRC-32"):
+        load_model(damaged)
+
+
+def test_pickle_declaring_huge_length(tmp_path):
+    # Found by fuzz_loader.py: a BINBYTES8 opcode declaring 2**62 bytes made the opcode scanner
+    # ask the file for that many bytes, which raised MemoryError.
+    magic = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+    path = tmp_path / "huge.pt"
+    path.write_bytes(magic + b"\x80\x04\x8e" + (2**62).to_bytes(8, "little") + b"abc.")
+
+    with pytest.raises(ModelLoadError):
+        load_model(path, arch=ARCH)
