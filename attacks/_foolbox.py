@@ -1,0 +1,106 @@
+"""Adapters to foolbox 3: FGSM, PGD, fast minimum-norm (FMN), DeepFool and Carlini-Wagner L2.
+
+foolbox accepts inputs of any shape and any box bounds, so its adapters pass the batch through
+unchanged. Its random starts draw from torch's global generator, which the caller seeds.
+"""
+
+from __future__ import annotations
+
+import foolbox as fb
+import torch
+from torch import Tensor, nn
+
+from robusteval._types import Norm
+
+from .adapters import AttackContext, AttackResult, AttackSpec
+
+# PGD step size relative to epsilon: with 2.5 * epsilon / steps, a run of ``steps`` iterations
+# can travel 2.5 ball radii, enough to reach the boundary of the ball from a random start and
+# move along it. foolbox's default (0.033 for Linf) reaches the boundary only after 30 steps.
+_PGD_STEP_FACTOR = 2.5
+
+# DeepFool linearizes the decision boundary against the most likely classes only; 10 is
+# foolbox's default and covers every class of a 10-class model.
+_DEEPFOOL_CANDIDATES = 10
+
+
+def _foolbox_model(model: nn.Module, x: Tensor, context: AttackContext) -> fb.PyTorchModel:
+    bounds = (float(context.bounds.lower), float(context.bounds.upper))
+    return fb.PyTorchModel(model, bounds=bounds, device=x.device)
+
+
+def _run(attack: fb.attacks.base.Attack, model: nn.Module, x: Tensor, y: Tensor, epsilon: float | None,
+         context: AttackContext) -> AttackResult:
+    fmodel = _foolbox_model(model, x, context)
+    _, clipped, success = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=epsilon)
+    return AttackResult(adversarial=clipped.detach(), claimed=success.detach().bool())
+
+
+def run_fgsm(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float | None,
+             context: AttackContext) -> AttackResult:
+    """Run the fast gradient sign method (Goodfellow et al., arXiv 1412.6572) or its L2 form."""
+    attack = fb.attacks.LinfFastGradientAttack() if norm == "linf" else fb.attacks.L2FastGradientAttack()
+    return _run(attack, model, x, y, epsilon, context)
+
+
+def run_pgd(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float | None,
+            context: AttackContext) -> AttackResult:
+    """Run projected gradient descent with a random start (Madry et al., arXiv 1706.06083)."""
+    steps = context.budget.steps
+    attack_type = fb.attacks.LinfPGD if norm == "linf" else fb.attacks.L2PGD
+    attack = attack_type(steps=steps, rel_stepsize=_PGD_STEP_FACTOR / steps, random_start=True)
+    if context.budget.restarts > 1:
+        attack = attack.repeat(context.budget.restarts)
+    return _run(attack, model, x, y, epsilon, context)
+
+
+def run_fmn(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float | None,
+            context: AttackContext) -> AttackResult:
+    """Run the fast minimum-norm attack (Pintor et al., arXiv 2102.12827) without a norm limit."""
+    attack_type = fb.attacks.LInfFMNAttack if norm == "linf" else fb.attacks.L2FMNAttack
+    return _run(attack_type(steps=context.budget.steps), model, x, y, None, context)
+
+
+def run_deepfool(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float | None,
+                 context: AttackContext) -> AttackResult:
+    """Run DeepFool (Moosavi-Dezfooli et al., arXiv 1511.04599) without a norm limit."""
+    attack_type = fb.attacks.LinfDeepFoolAttack if norm == "linf" else fb.attacks.L2DeepFoolAttack
+    candidates = min(_DEEPFOOL_CANDIDATES, context.num_classes)
+    return _run(attack_type(steps=context.budget.steps, candidates=candidates), model, x, y, None, context)
+
+
+def run_carlini_wagner(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float | None,
+                       context: AttackContext) -> AttackResult:
+    """Run the Carlini-Wagner L2 attack (arXiv 1608.04644) without a norm limit."""
+    if norm != "l2":
+        raise ValueError(f"Expected norm 'l2' for the Carlini-Wagner attack, but got {norm!r}.")
+    attack = fb.attacks.L2CarliniWagnerAttack(
+        binary_search_steps=context.budget.cw_binary_search_steps, steps=context.budget.cw_steps
+    )
+    return _run(attack, model, x, y, None, context)
+
+
+def run_pgd_foolbox_fixed_steps(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, steps: int,
+                                context: AttackContext) -> Tensor:
+    """Return foolbox's Linf PGD examples at ``epsilon`` after ``steps`` steps of ``2.5 * epsilon / steps``.
+
+    The backend comparison in :mod:`robusteval.attacks.reliability` runs this beside
+    torchattacks' PGD with the same step size and count.
+    """
+    attack = fb.attacks.LinfPGD(steps=steps, rel_stepsize=_PGD_STEP_FACTOR / steps, random_start=True)
+    with torch.enable_grad():
+        return _run(attack, model, x, y, epsilon, context).adversarial
+
+
+FOOLBOX_ATTACKS = (
+    AttackSpec("fgsm", "fixed_budget", "foolbox", ("linf", "l2"), 2, "white_box",
+               "fast gradient sign method (one step; L2 uses the fast gradient method)", run_fgsm),
+    AttackSpec("pgd", "fixed_budget", "foolbox", ("linf", "l2"), 2, "white_box",
+               "projected gradient descent with a random start", run_pgd),
+    AttackSpec("fmn", "minimal_norm", "foolbox", ("linf", "l2"), 2, "white_box",
+               "fast minimum-norm attack", run_fmn),
+    AttackSpec("deepfool", "minimal_norm", "foolbox", ("linf", "l2"), 2, "white_box",
+               "DeepFool", run_deepfool),
+    AttackSpec("cw", "minimal_norm", "foolbox", ("l2",), 2, "white_box",
+               "Carlini-Wagner L2 attack", run_carlini_wagner),
+)
