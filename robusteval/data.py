@@ -59,10 +59,11 @@ def load_data(spec: str | os.PathLike[str], *, bounds: Bounds | None = None) -> 
     """Load and validate evaluation data.
 
     Args:
-        spec: ``"digits"`` (test split, ``(N, 64)``, with the train split as ``x_train``),
-            ``"digits:train"`` (the train split as ``x``), ``"digits:image"`` (the splits as
-            ``(N, 1, 8, 8)``), or the path of an ``.npz`` file or a torch.save'd dict with
-            arrays ``x``, ``y`` and optionally ``x_train``, ``y_train``.
+        spec: A built-in name or a file path. ``"digits"`` is the test split ``(N, 64)`` with
+            the train split as ``x_train``. ``"digits:train"`` is the train split as ``x``.
+            ``"digits:image"`` is ``"digits"`` reshaped to ``(N, 1, 8, 8)``. A file is an
+            ``.npz`` archive or a torch.save'd dict with arrays ``x``, ``y`` and optionally
+            ``x_train``, ``y_train``.
         bounds: Interval the inputs must lie in. Defaults to ``[0, 1]``.
 
     Raises:

@@ -60,11 +60,13 @@ def preflight(
 ) -> PreflightReport:
     """Check that ``model`` can be evaluated on ``data``, using the first ``probe_size`` samples.
 
-    The model runs in eval mode without gradients. Checks, in order: model size against
-    ``memory_budget`` (bytes of parameters and buffers), finite weights, a forward pass on the
-    probe batch, the output's type and shape ``(N, C)`` with ``C >= 2``, finite outputs, labels
-    below ``C``, identical outputs for identical calls, outputs independent of the batch size,
-    and outputs that look like probabilities or log-probabilities.
+    The model runs in eval mode without gradients. The checks run in this order:
+
+    1. Bytes of parameters and buffers against ``memory_budget``, and finite weights.
+    2. A forward pass on the probe batch, returning a tensor of shape ``(N, C)`` with ``C >= 2``.
+    3. Finite outputs, and labels below ``C``.
+    4. Identical outputs for identical calls, and outputs independent of the batch size.
+    5. Outputs that look like probabilities or log-probabilities.
 
     Args:
         model: The network, on ``device``.
@@ -161,7 +163,7 @@ def _train_mode_flags(model: nn.Module) -> list[Flag]:
 
 def _eval_raises(model: nn.Module) -> bool:
     # Exported programs (torch.export) raise on eval() because their train/eval behaviour is
-    # fixed in the graph, so their `training` attribute says nothing.
+    # fixed in the graph, so their `training` attribute is meaningless.
     training = [(module, module.training) for module in model.modules()]
     try:
         model.eval()

@@ -337,7 +337,9 @@ def _load_bundled(name: str, arch: str | None, device: torch.device) -> LoadedMo
         metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelLoadError(f"Invalid metadata file {str(metadata_path)!r}: {error}.") from None
-    spec = arch if arch is not None else metadata.get("architecture") if isinstance(metadata, dict) else None
+    spec = arch
+    if spec is None and isinstance(metadata, dict):
+        spec = metadata.get("architecture")
     if not isinstance(spec, str):
         raise ModelLoadError(f"Metadata file {str(metadata_path)!r} has no string 'architecture' entry, such as 'mlp:64-128-10'.")
 

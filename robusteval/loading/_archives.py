@@ -28,7 +28,8 @@ ArchiveKind = Literal["torchscript", "export", "torch_save", "npz", "unknown"]
 # data.pkl of a state_dict is a few kB per tensor; a larger pickle is not scanned in memory.
 MAX_PICKLE_BYTES = 256 * 2**20
 
-# What zipfile raises on damaged archives: bad headers, CRC mismatches, broken compression.
+# Exceptions that zipfile and zlib raise on damaged archives (bad headers, CRC mismatches,
+# broken compression).
 ZIP_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, ValueError, EOFError, KeyError, NotImplementedError)
 
 _EXPORT_COMPILED_DIRS = ("data/aotinductor/", "data/executorch/", "data/mtia/")
@@ -83,7 +84,7 @@ def read_member(archive: zipfile.ZipFile, name: str, limit: int = MAX_PICKLE_BYT
     info = archive.getinfo(name)
     if info.file_size > limit:
         raise ModelLoadError(
-            f"Archive member {name!r} holds {info.file_size} bytes, more than the {limit} bytes "
+            f"Archive member {name!r} is {info.file_size} bytes, more than the {limit} bytes "
             "robusteval inspects before loading. Save the weights as a state_dict with torch.save."
         )
     return archive.read(info)

@@ -90,13 +90,13 @@ def _first_entry(weights: Mapping[str, torch.Tensor]) -> str:
     return f"{key!r} of shape {tuple(value.shape)}"
 
 
-def _state_dict_differences(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> list[str]:
-    missing = [key for key in expected if key not in given]
-    unexpected = [key for key in given if key not in expected]
+def _state_dict_differences(expected: Mapping[str, torch.Tensor], actual: Mapping[str, torch.Tensor]) -> list[str]:
+    missing = [key for key in expected if key not in actual]
+    unexpected = [key for key in actual if key not in expected]
     mismatched = [
-        f"{key!r} is {tuple(given[key].shape)} in the file but {tuple(expected[key].shape)} in the architecture"
+        f"{key!r} is {tuple(actual[key].shape)} in the file but {tuple(expected[key].shape)} in the architecture"
         for key in expected
-        if key in given and given[key].shape != expected[key].shape
+        if key in actual and actual[key].shape != expected[key].shape
     ]
     differences = []
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
