@@ -1,6 +1,6 @@
 """Self-contained HTML reports of one evaluation, or of several models compared.
 
-The page holds its CSS inline and its charts as inline SVG drawn by :mod:`.charts`, so it opens
+The page carries its CSS inline and its charts as inline SVG drawn by :mod:`.charts`, so it opens
 offline and fetches nothing. The jinja2 templates beside this module are rendered with
 autoescaping on, so every string that comes from a file name, a model or the data shows as text.
 Sections whose data is absent say so instead of failing.

@@ -1,9 +1,9 @@
 """JUnit XML of a gate outcome: one test case per threshold, for CI test-report viewers.
 
-The layout follows the common JUnit schema that Jenkins, GitLab and GitHub test reporters read:
-one ``<testsuite>`` holding one ``<testcase>`` per check, a ``<failure>`` child on a failed
-check, and a ``reliable_evaluation`` case that fails (or is skipped, when the policy does not
-fail on it) if the evaluation raised flags of severity ``"error"``.
+The layout follows the common JUnit schema that Jenkins, GitLab and GitHub test reporters read.
+One ``<testsuite>`` contains one ``<testcase>`` per check, with a ``<failure>`` child on a
+failed check. A last ``reliable_evaluation`` case fails if the evaluation raised flags of
+severity ``"error"``, or is skipped when the policy does not fail on them.
 """
 
 from __future__ import annotations

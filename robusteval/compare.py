@@ -6,8 +6,8 @@ attacks, so that each sample gives one paired observation per model. Two paired 
 * McNemar's exact test on per-sample outcomes (clean correctness, and robustness at each shared
   epsilon). Only discordant pairs carry information: with ``b`` samples where only the first
   model is robust and ``c`` where only the second is, the two-sided p-value is
-  ``min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)])`` (McNemar 1947; exact form as in
-  Fagerland, Lydersen and Laake, BMC Med. Res. Methodol. 13:91, 2013).
+  ``min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)])``. This is the exact (binomial) form of
+  McNemar's test, as in ``statsmodels.stats.contingency_tables.mcnemar(table, exact=True)``.
 * Paired bootstrap percentile intervals on the differences (second minus first) of robust
   accuracy and of the median minimal adversarial distance: each resample draws sample rows with
   replacement and applies the same rows to both models.
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -125,8 +126,8 @@ class ModelRow:
 class McNemarTest:
     """McNemar's exact test of one per-sample outcome between two models.
 
-    ``only_first`` counts samples where the outcome holds for the first model only,
-    ``only_second`` those where it holds for the second only; ``outcome`` is ``"clean"`` for
+    ``only_first`` counts samples where the outcome is true for the first model only, and
+    ``only_second`` those where it is true for the second only. ``outcome`` is ``"clean"`` for
     clean correctness or ``"robust"`` for robustness at (``norm``, ``epsilon``).
     """
 
@@ -147,7 +148,7 @@ class BootstrapDifference:
 
     ``statistic`` is ``"robust_accuracy"`` (at ``epsilon``) or ``"median_min_adversarial_distance"``.
     ``low`` and ``high`` are ``None`` when the interval is undefined, for example when both
-    medians are ``inf`` in too many resamples; ``note`` says why.
+    medians are ``inf`` in too many resamples, and ``note`` gives the reason.
     """
 
     first: str
@@ -167,8 +168,8 @@ class BootstrapDifference:
 class Comparison:
     """Models evaluated on the same samples, side by side, with paired statistics.
 
-    ``epsilons`` holds, per norm, the epsilons that every model was evaluated at; the rows'
-    ``robust_accuracy[norm][i]`` is at ``epsilons[norm][i]``.
+    ``epsilons`` maps each norm to the epsilons that every model was evaluated at, and each
+    row's ``robust_accuracy[norm][i]`` is at ``epsilons[norm][i]``.
     """
 
     labels: list[str]
@@ -185,7 +186,7 @@ class Comparison:
 # Paired statistics.
 
 
-def mcnemar_exact(first: Sequence[bool], second: Sequence[bool]) -> tuple[int, int, float]:
+def mcnemar_exact(first: Sequence[bool] | np.ndarray, second: Sequence[bool] | np.ndarray) -> tuple[int, int, float]:
     """Return ``(only_first, only_second, p_value)`` of McNemar's exact two-sided test.
 
     Args:
@@ -226,7 +227,8 @@ def paired_bootstrap_difference(
         confidence: Coverage of the percentile interval, for example 0.95.
         generator: Source of the resampled rows.
     """
-    reduce = {"mean": np.mean, "median": np.median}[statistic]
+    reducers: dict[str, Callable[..., Any]] = {"mean": np.mean, "median": np.median}
+    reduce = reducers[statistic]
     size = first.shape[0]
     if size == 0:
         return None, None, None, "no samples"

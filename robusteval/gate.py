@@ -251,10 +251,10 @@ def evaluate_gate(results: Results, policy: Policy, baseline: Results | None = N
     both results share may drop by at most ``policy.max_regression`` (absolute).
 
     Raises:
-        ValueError: the policy needs a number that the results do not contain (an epsilon that
-            was not evaluated, a norm without attacks, no tangent sensitivity), sets
-            ``max_regression`` without a baseline or the reverse, or the baseline was computed
-            on other data.
+        ValueError: the policy needs a number that the results do not contain, such as an
+            epsilon that was not evaluated, a norm without attacks or tangent sensitivity.
+            Also raised when ``max_regression`` is set without a baseline or the reverse, and
+            when the baseline was computed on other data.
     """
     label = model_label(results)
     checks: list[GateCheck] = []

@@ -29,8 +29,8 @@ def results_or_evaluation(
 ) -> Results:
     """Load ``target`` if it is a results file, else evaluate it as a model with ``config``.
 
-    ``config`` is the shared configuration with ``model`` replaced by ``target``; it is ``None``
-    when no data was given, in which case only results files are accepted.
+    ``config`` is the configuration shared by all models, and ``target`` replaces its ``model``.
+    It is ``None`` when no data was given, and then only results files are accepted.
     """
     from dataclasses import replace
 
@@ -113,7 +113,7 @@ def print_comparison(comparison: Comparison) -> None:
         table.add_column(f"median min. adv. distance {norm}", justify="right")
     table.add_column("mean TS", justify="right")
     for row in comparison.rows:
-        cells = [Text(row.label), format_percent(row.clean_accuracy)]
+        cells: list[Text | str] = [Text(row.label), format_percent(row.clean_accuracy)]
         for norm in comparison.epsilons:
             cells += [format_percent(value) for value in row.robust_accuracy[norm]]
             cells.append(format_number(row.median_min_adversarial_distance[norm]))

@@ -28,23 +28,30 @@ def merge_eps_options(options: list[str], policy: Policy) -> tuple[str, ...]:
     Without any option and without robust-accuracy thresholds, returns ``()`` so that the
     evaluation takes its default grid.
     """
-    from .._types import parse_norm
+    from .._types import Norm, parse_norm
     from ..compare import find_epsilon
 
-    grid: dict[str, list[float]] = {}
+    grid: dict[Norm, list[float]] = {}
     for option in options:
-        norm_text, separator, values = option.partition("=")
-        if not separator or not values.strip():
+        norm_text, separator, epsilon_text = option.partition("=")
+        if not separator or not epsilon_text.strip():
             raise ValueError(f"Expected --eps as NORM=EPS,EPS,... (for example linf=0.05,0.1), but got {option!r}.")
         try:
-            epsilons = [float(value) for value in values.split(",") if value.strip()]
+            epsilons = [float(value) for value in epsilon_text.split(",") if value.strip()]
         except ValueError:
             raise ValueError(f"Expected numbers after '=' in --eps {option!r}, for example linf=0.05,0.1.") from None
         grid.setdefault(parse_norm(norm_text), []).extend(epsilons)
     for norm, epsilons in policy.epsilons().items():
-        values = grid.setdefault(norm, [])
-        values.extend(eps for eps in epsilons if find_epsilon(values, eps) is None)
-    return tuple(f"{norm}={','.join(repr(eps) for eps in sorted(values))}" for norm, values in grid.items())
+        grid.setdefault(norm, []).extend(epsilons)
+
+    options_out = []
+    for norm, epsilons in grid.items():
+        unique: list[float] = []
+        for epsilon in sorted(epsilons):
+            if find_epsilon(unique, epsilon) is None:
+                unique.append(epsilon)
+        options_out.append(f"{norm}={','.join(repr(epsilon) for epsilon in unique)}")
+    return tuple(options_out)
 
 
 @app.command()

@@ -25,7 +25,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 HOSTILE_PATH = "<script>alert(1)</script>.pt"
-# A page with charts and tables renders to well over this many PNG bytes; an empty page is ~5 KB.
+# Measured with this test's viewport and Debian chromium 156: a page with only a heading gives a
+# 5.7 KB PNG, and a full report about 490 KB.
 MIN_SCREENSHOT_BYTES = 50_000
 
 

@@ -111,11 +111,6 @@ def test_report_rejects_invalid_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings(
-    # NOTE: robusteval.analysis.region_walk reads .grad of a non-leaf tensor in torch.nn.Module._apply;
-    # remove this filter when the region walk no longer triggers it.
-    "ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning"
-)
 def test_compare_equals_separate_runs(tmp_path: Path) -> None:
     from robusteval.pipeline import EvaluationConfig, evaluate
 

@@ -155,3 +155,20 @@ def test_gate_regression_with_baseline(tmp_path: Path, results_file: Path) -> No
 
     assert code == EXIT_THRESHOLD_FAILED, output
     assert "drop in robust accuracy at linf epsilon 0.05" in " ".join(output.split())
+
+
+def test_merge_eps_adds_policy_epsilons() -> None:
+    from robusteval.cli.gate import merge_eps_options
+    from robusteval.gate import Policy, RobustAccuracyThreshold
+
+    policy = Policy(robust_accuracy=(
+        RobustAccuracyThreshold("linf", 0.05, 0.5), RobustAccuracyThreshold("l2", 0.5, 0.3),
+        RobustAccuracyThreshold("linf", 0.1, 0.2),
+    ))
+
+    assert merge_eps_options(["inf=0.1,0.2"], policy) == ("linf=0.05,0.1,0.2", "l2=0.5")
+    assert merge_eps_options([], Policy()) == ()
+    with pytest.raises(ValueError, match="Expected --eps as NORM=EPS"):
+        merge_eps_options(["linf"], policy)
+    with pytest.raises(ValueError, match="Expected numbers after '='"):
+        merge_eps_options(["linf=small"], policy)
