@@ -1,8 +1,9 @@
 """The generalization study: do tangent sensitivity and its bounds track the generalization gap?
 
 For every member and checkpoint of a zoo (see :mod:`robusteval.zoo.build`) the study measures,
-on the digits train and test splits, the tangent-sensitivity scores, bounds and estimators of
-:func:`robusteval.bounds.generalization_estimates` and :func:`robusteval.bounds.compute_bounds`,
+on the digits train and test splits, the tangent sensitivity
+(:func:`robusteval.geometry.tangent_sensitivity`), the bounds and estimators of
+:func:`robusteval.bounds.compute_bounds` and :func:`robusteval.bounds.generalization_estimates`,
 and the generalization gap. It then correlates each measure with the gap in two ways:
 
 * across models: Kendall's tau-b over the final checkpoints of all members, the ranking
@@ -24,12 +25,13 @@ import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ..bounds import compute_bounds, evaluate_chain, extract_relu_chain, generalization_estimates
+from ..geometry import tangent_sensitivity
 from ..errors import OutputExistsError, ResultsFormatError
 from ..progress import NullProgress, ProgressReporter
 from .artifacts import json_bytes, load_digits_tensors, load_zoo_model, write_bytes_atomic
@@ -49,53 +51,60 @@ TARGET_DESCRIPTIONS = {
     "accuracy_gap": "train minus test accuracy",
 }
 
-# Each measure: a description and how to read it from generalization_estimates (``g``) and
-# compute_bounds on the training split (``b``).
-_Extractor = Callable[[dict[str, Any], dict[str, Any]], Any]
+
+class _Sources(NamedTuple):
+    """What one checkpoint's measures are read from."""
+
+    estimates: dict[str, Any]  # generalization_estimates on both splits
+    bounds: dict[str, Any]  # compute_bounds on the training split; empty for non-chains
+    tangent: dict[str, float]  # means of robusteval.geometry.tangent_sensitivity
+
+
+_Extractor = Callable[[_Sources], Any]
 MEASURES: dict[str, tuple[str, _Extractor]] = {
     "tangent_sensitivity_train": (
         "mean TS_k at the predicted class k over training samples",
-        lambda g, b: g["train"]["measures"].get("tangent_sensitivity"),
+        lambda source: source.tangent["train"],
     ),
     "tangent_sensitivity_test": (
         "mean TS_k at the predicted class k over test samples",
-        lambda g, b: g["test"]["measures"].get("tangent_sensitivity"),
+        lambda source: source.tangent["test"],
     ),
     "tangent_sensitivity_ratio": (
         "tangent_sensitivity_test / tangent_sensitivity_train",
-        lambda g, b: g["estimates"].get("tangent_sensitivity", {}).get("ratio"),
+        lambda source: source.tangent["test"] / source.tangent["train"] if source.tangent["train"] > 0 else None,
     ),
     "mean_tangent_sensitivity_train": (
         "mean TS_k over training samples and all outputs k",
-        lambda g, b: g["train"]["measures"].get("mean_tangent_sensitivity"),
+        lambda source: source.tangent["mean_train"],
     ),
     "layerwise_norm_sensitivity": (
         "log of the product over layers of the largest absolute weight",
-        lambda g, b: b.get("layerwise_norm_sensitivity"),
+        lambda source: source.bounds.get("layerwise_norm_sensitivity"),
     ),
     "log_width_bound": (
         "log of the input-free width bound on TS_k",
-        lambda g, b: _log(b.get("width", {}).get("value")),
+        lambda source: _log(source.bounds.get("width", {}).get("value")),
     ),
     "log_active_count_bound_train": (
         "log of the mean over training samples of the active-count bound on TS_k",
-        lambda g, b: _log(g["train"]["measures"].get("active_count_bound")),
+        lambda source: _log(source.estimates["train"]["measures"].get("active_count_bound")),
     ),
     "log_total_active_count_estimate_train": (
         "log of C E|S|^(L-3/2), S the total active count under its Gaussian model on training samples",
-        lambda g, b: _log(g["train"]["measures"].get("total_active_count_bound")),
+        lambda source: _log(source.estimates["train"]["measures"].get("total_active_count_bound")),
     ),
     "total_active_count_train": (
         "mean number of active ReLU units over training samples",
-        lambda g, b: g["train"]["measures"].get("total_active_count"),
+        lambda source: source.estimates["train"]["measures"].get("total_active_count"),
     ),
     "input_jacobian_norm_train": (
         "baseline: mean Frobenius norm of d f / d x over training samples",
-        lambda g, b: g["train"]["measures"].get("input_jacobian_norm"),
+        lambda source: source.estimates["train"]["measures"].get("input_jacobian_norm"),
     ),
     "input_jacobian_ratio": (
         "baseline: input_jacobian_norm on test divided by that on train",
-        lambda g, b: g["estimates"].get("input_jacobian_norm", {}).get("ratio"),
+        lambda source: source.estimates["estimates"].get("input_jacobian_norm", {}).get("ratio"),
     ),
 }
 
@@ -223,7 +232,10 @@ def run_study(
     index = load_zoo_index(zoo_dir)
     if not index.members:
         raise ValueError(f"Expected a zoo with at least one member in {zoo_dir}, but its zoo.json lists none.")
-    resample_count = resamples if resamples is not None else QUICK_RESAMPLES if quick else FULL_RESAMPLES
+    if resamples is not None:
+        resample_count = resamples
+    else:
+        resample_count = QUICK_RESAMPLES if quick else FULL_RESAMPLES
     data = load_digits_tensors()
     limit = QUICK_SAMPLES if quick else None
     x_train, y_train = data.x_train[:limit], data.y_train[:limit]
@@ -283,14 +295,25 @@ def _measure_checkpoint(
 ) -> CheckpointRecord:
     with deterministic_cpu():
         estimates = generalization_estimates(model, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+        train_sensitivity = tangent_sensitivity(model, x_train)  # (N_train, K)
+        test_sensitivity = tangent_sensitivity(model, x_test)  # (N_test, K)
+        with torch.no_grad():
+            train_predicted = model(x_train).argmax(dim=1, keepdim=True)
+            test_predicted = model(x_test).argmax(dim=1, keepdim=True)
+        tangent = {
+            "train": float(train_sensitivity.gather(1, train_predicted).mean()),
+            "test": float(test_sensitivity.gather(1, test_predicted).mean()),
+            "mean_train": float(train_sensitivity.mean()),
+        }
         chain, _ = extract_relu_chain(model)
         if chain is None:
             bounds: dict[str, Any] = {}
         else:
-            forward = evaluate_chain(chain, x_train)
-            bounds = compute_bounds(model, tangent_sensitivity=forward.tangent_sensitivity, active_units=forward.active_units)
+            active_units = evaluate_chain(chain, x_train).active_units
+            bounds = compute_bounds(model, tangent_sensitivity=train_sensitivity, active_units=active_units)
 
-    measures = {name: _finite_or_none(extract(estimates, bounds)) for name, (_, extract) in MEASURES.items()}
+    sources = _Sources(estimates, bounds, tangent)
+    measures = {name: _finite_or_none(extract(sources)) for name, (_, extract) in MEASURES.items()}
     held = {
         name: bounds[name].get("held_on_all_samples") if isinstance(bounds.get(name), dict) else None
         for name in ("width", "active_count", "total_active_count")
@@ -400,7 +423,7 @@ def summarize_across_epochs(records: list[CorrelationRecord]) -> list[EpochSumma
 
 
 def save_study(result: StudyResult, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-    """Write ``result`` as JSON to ``path``, refusing to replace an existing file unless ``overwrite``."""
+    """Write ``result`` as JSON to ``path``; raise :class:`OutputExistsError` if it exists, unless ``overwrite``."""
     target = Path(path)
     if target.exists() and not overwrite:
         raise OutputExistsError(f"Expected no file at {target}, but one exists. Pass another --out path, or --force.")

@@ -153,7 +153,7 @@ def test_study_round_trips_through_json(study_files: tuple[Path, Path]) -> None:
     assert json.loads(json.dumps(result.to_dict())) == json.loads(path.read_text(encoding="utf-8"))
 
 
-def test_save_study_refuses_existing(study_files: tuple[Path, Path]) -> None:
+def test_save_study_rejects_existing(study_files: tuple[Path, Path]) -> None:
     from robusteval.errors import OutputExistsError
 
     _, path = study_files

@@ -87,7 +87,7 @@ def test_zoo_metadata_matches_weights(quick_zoo: Path) -> None:
         assert correct == round(metadata["test_accuracy"] * len(y))
 
 
-def test_zoo_refuses_nonempty_output(quick_zoo: Path) -> None:
+def test_zoo_rejects_nonempty_output(quick_zoo: Path) -> None:
     with pytest.raises(OutputExistsError, match="not empty"):
         train_zoo(quick_zoo, seed=3, members=["width-16"], quick=True)
 
