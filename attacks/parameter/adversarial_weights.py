@@ -78,7 +78,7 @@ def adversarial_weight_curve(
 ) -> AdversarialWeightCurve:
     """Lower accuracy on ``(x, y)`` by one weight perturbation per gamma, shared by all samples.
 
-    Each gamma starts from a random point of its ball (seeded with
+    Each gamma starts from a random point near the clean weights (seeded with
     ``derive_seed(seed, "adversarial-weights", index)``) and ascends the mean cross-entropy over
     all of ``x``, accumulated over batches. The reported accuracy is the lowest of all iterates,
     each of which lies within the budget. The model runs in eval mode and is restored afterwards.
@@ -144,9 +144,10 @@ def adversarial_weight_radius(
     """Find, per sample, the smallest relative weight perturbation gamma that changes its prediction.
 
     Every sample gets its own perturbation (``torch.vmap`` over per-sample parameter copies).
-    At a trial gamma, projected gradient ascent on the sample's margin
-    f_k - max_{j != k} f_j (k the clean prediction) runs for ``steps`` steps from a random start,
-    and the sample counts as flipped when any iterate changes its prediction. The search starts
+    At a trial gamma, projected gradient descent on the sample's margin f_k - f_j runs for
+    ``steps`` steps from a random start near the clean weights (k the clean prediction, j the
+    class with the smallest first-order radius), and the sample counts as flipped when any
+    iterate changes its prediction to any class. The search starts
     at the first-order estimate, doubles or halves gamma to bracket the first flip
     (``bracket_steps`` trials at most) and bisects the bracket ``bisection_steps`` times.
 
@@ -187,12 +188,13 @@ def adversarial_weight_radius(
         parameters = parameter_tensors(model)
         norms = tensor_norms(parameters)
         clean = predictions(model, parameters, x, batch_size=512)
-        first_order = first_order_weight_radius(model, parameters, norms, x, clean)
+        first_order, easiest = first_order_weight_radius(model, parameters, norms, x, clean)
 
         def flips(indices: Tensor, gamma: Tensor, trial: int) -> Tensor:
             generator = torch.Generator().manual_seed(derive_seed(seed, "adversarial-weight-radius", trial))
             return _flips_within(
-                model, parameters, norms, x[indices], clean[indices], gamma, steps, relative_step, generator
+                model, parameters, norms, x[indices], clean[indices], easiest[indices], gamma, steps, relative_step,
+                generator,
             )
 
         lower, upper = _bracket(first_order, max_gamma, bracket_steps, flips)
@@ -207,8 +209,11 @@ def adversarial_weight_radius(
 
 def first_order_weight_radius(
     model: nn.Module, parameters: Parameters, norms: Parameters, x: Tensor, clean: Tensor
-) -> Tensor:
-    """Return the first-order adversarial weight radius ``(N,)`` (see :func:`adversarial_weight_radius`)."""
+) -> tuple[Tensor, Tensor]:
+    """Return the first-order adversarial weight radius ``(N,)`` and the class ``(N,)`` that attains it.
+
+    See :func:`adversarial_weight_radius` for the formula; ``clean`` are the predictions ``(N,)``.
+    """
 
     def sample_logits(sample_parameters: Parameters, sample: Tensor) -> Tensor:
         return functional_call(model, sample_parameters, (sample.unsqueeze(0),)).squeeze(0)
@@ -216,6 +221,7 @@ def first_order_weight_radius(
     jacobian_of_sample = torch.func.jacrev(sample_logits)
     num_classes = logits(model, parameters, x[:1], batch_size=1).shape[1]
     radius = torch.empty(x.shape[0], dtype=torch.float64)
+    easiest = torch.empty(x.shape[0], dtype=torch.int64)
     chunk = samples_per_chunk(parameters, copies_per_sample=2 * num_classes)
     for start in range(0, x.shape[0], chunk):
         batch = x[start : start + chunk]
@@ -231,8 +237,10 @@ def first_order_weight_radius(
             dual += norms[name] * difference.flatten(2).norm(dim=2)
         ratio = torch.where(dual > 0, margins / dual.clamp_min(_TINY), torch.full_like(margins, math.inf))
         ratio[rows, predicted] = math.inf
-        radius[start : start + chunk] = ratio.min(dim=1).values.double().cpu()
-    return radius
+        smallest = ratio.min(dim=1)
+        radius[start : start + chunk] = smallest.values.double().cpu()
+        easiest[start : start + chunk] = smallest.indices.cpu()
+    return radius, easiest
 
 
 def _bracket(
@@ -265,17 +273,18 @@ def _flips_within(
     norms: Parameters,
     x: Tensor,
     clean: Tensor,
+    target: Tensor,
     gamma: Tensor,
     steps: int,
     relative_step: float,
     generator: torch.Generator,
 ) -> Tensor:
-    """Return ``(M,)`` whether an ascent within each sample's own gamma ``(M,)`` changed its prediction."""
+    """Return ``(M,)`` whether descent on f_k - f_target within each sample's own gamma changed its prediction."""
     flipped = torch.zeros(x.shape[0], dtype=torch.bool)
     chunk = samples_per_chunk(parameters)
     for start in range(0, x.shape[0], chunk):
         stop = start + chunk
-        batch, predicted = x[start:stop], clean[start:stop]
+        batch, predicted, towards = x[start:stop], clean[start:stop], target[start:stop].to(clean.device)
         scale = gamma[start:stop]
         budgets = {
             name: scale.to(tensor).view(-1, *([1] * tensor.ndim)) * norms[name]
@@ -290,9 +299,7 @@ def _flips_within(
             flipped[start:stop] |= (outputs.argmax(dim=1) != predicted).cpu()
             if step == steps:
                 break
-            is_predicted = F.one_hot(predicted, num_classes=outputs.shape[1]).bool()
-            runner_up = outputs.masked_fill(is_predicted, -math.inf).max(dim=1).values
-            margin = outputs[rows, predicted] - runner_up
+            margin = outputs[rows, predicted] - outputs[rows, towards]
             gradients = torch.autograd.grad((-margin).sum(), list(variables.values()))
             delta = _ascent_step(
                 {name: tensor.detach() for name, tensor in variables.items()},
@@ -305,14 +312,16 @@ def _flips_within(
 
 
 def _random_start(parameters: Parameters, budgets: Parameters, copies: int, generator: torch.Generator) -> Parameters:
-    """Return ``copies`` random points ``(copies, *shape)`` inside each tensor's ball.
+    """Return ``copies`` random points ``(copies, *shape)`` near the center of each tensor's ball.
 
-    The direction is Gaussian and the radius uniform in [0, budget].
+    The direction is Gaussian and the radius uniform in [0, 0.1 * budget]: a start near the
+    clean weights lets the first steps follow the gradient, which a start on the far side of the
+    ball would slow down by many steps.
     """
     start = {}
     for name, tensor in parameters.items():
         direction = torch.randn((copies, *tensor.shape), generator=generator, dtype=tensor.dtype).to(tensor.device)
-        radius = torch.rand((copies,), generator=generator, dtype=tensor.dtype).to(tensor.device)
+        radius = 0.1 * torch.rand((copies,), generator=generator, dtype=tensor.dtype).to(tensor.device)
         norm = direction.flatten(1).norm(dim=1).clamp_min(_TINY)
         factor = (radius / norm).view(-1, *([1] * tensor.ndim))
         start[name] = direction * factor * budgets[name]

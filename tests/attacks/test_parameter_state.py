@@ -251,7 +251,7 @@ def test_tied_weight_has_one_budget_in_first_order_radius() -> None:
     norms = {name: tensor.norm() for name, tensor in parameters.items()}
     outputs = model(x)
     predicted = outputs.argmax(dim=1)
-    estimate = first_order_weight_radius(model, parameters, norms, x, predicted)
+    estimate, _ = first_order_weight_radius(model, parameters, norms, x, predicted)
 
     for index in range(x.shape[0]):
         best = float("inf")
