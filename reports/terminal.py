@@ -96,32 +96,32 @@ def _geometry_table(results: Results) -> Table:
     samples = results.samples
     method = results.geometry.get("method") or "?"
     table = Table(title=f"Geometry per sample (tangent sensitivity: {method})", title_justify="left")
-    table.add_column("quantity")
-    for header in ("min", "25%", "median", "75%", "max"):
-        table.add_column(header, justify="right")
-    table.add_column("distribution")
+    table.add_column("quantity", no_wrap=True)
+    for header in ("min", "median", "max"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("distribution", no_wrap=True)
 
     rows: list[tuple[str, list[float]]] = [
-        ("tangent sensitivity (pred. class)", [s.tangent_sensitivity[s.prediction] for s in samples]),
-        ("tangent sensitivity (mean)", [sum(s.tangent_sensitivity) / len(s.tangent_sensitivity) for s in samples]),
+        ("TS, predicted class", [s.tangent_sensitivity[s.prediction] for s in samples]),
+        ("TS, mean of classes", [sum(s.tangent_sensitivity) / len(s.tangent_sensitivity) for s in samples]),
     ]
     for norm in ("l2", "linf"):
         rows += [
-            (f"region distance {norm}", [getattr(s.region_distance, norm) for s in samples]),
-            (f"linear decision distance {norm}", [getattr(s.linear_decision_distance, norm) for s in samples]),
-            (f"certified radius {norm}", [getattr(s.certified_radius, norm) for s in samples]),
-            (f"min. adversarial distance {norm}", [getattr(s.min_adversarial_distance, norm) for s in samples]),
+            (f"region dist. {norm}", [getattr(s.region_distance, norm) for s in samples]),
+            (f"decision dist. {norm}", [getattr(s.linear_decision_distance, norm) for s in samples]),
+            (f"certified {norm}", [getattr(s.certified_radius, norm) for s in samples]),
+            (f"min. adv. dist. {norm}", [getattr(s.min_adversarial_distance, norm) for s in samples]),
         ]
     for label, values in rows:
         finite = sorted(v for v in values if v is not None and math.isfinite(v))
         if not finite:
-            table.add_row(label, *["-"] * 5, Text("no values", style="dim"))
+            table.add_row(label, *["-"] * 3, Text("no values", style="dim"))
             continue
-        table.add_row(label, *(_number(_quantile(finite, q)) for q in (0, 0.25, 0.5, 0.75, 1)), _sparkline(finite))
+        table.add_row(label, *(_number(_quantile(finite, q)) for q in (0, 0.5, 1)), _sparkline(finite))
 
     exact = {norm: sum(bool(s.certificate_exact.get(norm)) for s in samples) for norm in ("l2", "linf")}
-    table.caption = (f"certificate exact (certified radius = true minimal distance): "
-                     f"l2 {exact['l2']}/{len(samples)}, linf {exact['linf']}/{len(samples)}")
+    table.caption = (f"TS = tangent sensitivity. Certified radius is exact (equals the true minimal "
+                     f"adversarial distance) for l2 {exact['l2']}/{len(samples)}, linf {exact['linf']}/{len(samples)} samples.")
     return table
 
 
@@ -139,7 +139,7 @@ def _bracket_table(results: Results) -> Table | None:
             continue
         gap = values.get("gap_quantiles") or {}
         median = gap.get("0.5", gap.get("median")) if isinstance(gap, dict) else None
-        table.add_row(norm, _percent(values.get("share_exact")), _number(median), str(values.get("violations", "-")))
+        table.add_row(norm, _percent(values.get("exact_share")), _number(median), str(values.get("violations", "-")))
     return table
 
 
@@ -164,13 +164,21 @@ def _parameter_space_table(section: dict[str, Any]) -> Group:
     facts.add_column()
     radii = section.get("sample_radii") or {}
     for key, value in radii.items():
-        facts.add_row(key.replace("_", " "), Text(_describe(value)))
+        facts.add_row(f"per-sample {key.replace('_', ' ')}", Text(_describe_summary(value)))
     shift = section.get("tangent_shift") or {}
-    for key, value in shift.items():
-        facts.add_row(f"tangent shift: {key.replace('_', ' ')}", Text(_describe(value)))
-    update = section.get("single_example_update") or {}
-    for key, value in update.items():
-        facts.add_row(f"single-example update: {key.replace('_', ' ')}", Text(_describe(value)))
+    if shift:
+        facts.add_row("tangent shift", Text(
+            f"within L2 eps={_number(shift.get('epsilon'))}: {_percent(shift.get('share_crossed'))} of searches crossed a "
+            f"region boundary; inside the region, achieved / (TS * eps) is "
+            f"{_describe_summary(shift.get('achieved_over_bound_inside_region'))} and the bound was violated "
+            f"{shift.get('bound_violations_inside_region')} times"))
+    for update in section.get("single_example_update") or []:
+        facts.add_row(
+            f"single-example update ({update.get('mode')})",
+            Text(f"one step of size {_number(update.get('step_size'))} changes {update.get('changed_clean')} of "
+                 f"{update.get('num_eval')} predictions; perturbed within {update.get('norm')} "
+                 f"{_number(update.get('epsilon'))}: {update.get('changed_perturbed')}"),
+        )
     if facts.row_count:
         parts.append(facts)
     return Group(*parts)
@@ -190,26 +198,45 @@ def _bounds_table(bounds: dict[str, Any]) -> Table:
             continue
         held = entry.get("held_on_all_samples")
         mark = Text("yes", style="green") if held else Text("NO", style="bold red") if held is False else Text("-")
-        table.add_row(name, _number(entry.get("value")), mark, _number(entry.get("tightness")))
+        table.add_row(name.replace("_", " "), _number(entry.get("value")), mark, _number(entry.get("tightness")))
     return table
 
 
-def _predictive_table(predictive: Sequence[dict[str, Any]]) -> Table:
-    table = Table(title="How well each score predicts what the attacks found (rank correlation, 95% bootstrap CI)",
-                  title_justify="left")
-    table.add_column("score")
-    table.add_column("target")
-    table.add_column("Spearman", justify="right")
-    table.add_column("Kendall", justify="right")
+_SHORT_NAMES = {
+    "min_adversarial_distance": "min. adv. dist.",
+    "linear_decision_distance": "decision dist.",
+    "weight_noise_flip_probability": "noise flip prob.",
+    "adversarial_weight_radius": "adv. weight radius",
+    "mean_tangent_sensitivity": "TS, mean",
+    "tangent_sensitivity": "TS, predicted",
+    "tangent_shift_achieved": "tangent shift",
+}
+
+
+def _short_name(name: str) -> str:
+    for long, short in _SHORT_NAMES.items():
+        name = name.replace(long, short)
+    return name.replace("_", " ")
+
+
+def _predictive_table(predictive: Sequence[dict[str, Any]], limit: int = 15) -> Table:
+    table = Table(title="Which scores predict what the attacks found (ranked by |Spearman|)", title_justify="left")
+    table.add_column("score", no_wrap=True)
+    table.add_column("target", no_wrap=True)
+    table.add_column("Spearman [95% CI]", justify="right", no_wrap=True)
+    table.add_column("Kendall", justify="right", no_wrap=True)
     table.add_column("n", justify="right")
     ranked = sorted(
         (entry for entry in predictive if entry.get("spearman") is not None),
         key=lambda entry: -abs(entry["spearman"]),
     )
-    for entry in ranked:
-        table.add_row(str(entry["score"]), str(entry["target"]),
+    for entry in ranked[:limit]:
+        kendall = entry.get("kendall")
+        table.add_row(_short_name(str(entry["score"])), _short_name(str(entry["target"])),
                       _with_interval(entry.get("spearman"), entry.get("spearman_ci")),
-                      _with_interval(entry.get("kendall"), entry.get("kendall_ci")), str(entry.get("n", "-")))
+                      "-" if kendall is None else f"{kendall:+.2f}", str(entry.get("n", "-")))
+    if len(ranked) > limit:
+        table.caption = f"{len(ranked) - limit} more pairs, with Kendall intervals and AUROC, are in results.json."
     return table
 
 
@@ -234,7 +261,7 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lower] + (sorted_values[upper] - sorted_values[lower]) * (position - lower)
 
 
-def _sparkline(sorted_values: Sequence[float], bins: int = 16) -> Text:
+def _sparkline(sorted_values: Sequence[float], bins: int = 12) -> Text:
     low, high = sorted_values[0], sorted_values[-1]
     if high <= low:
         return Text(_SPARK[-1], style="cyan")
@@ -265,8 +292,15 @@ def _with_interval(value: Any, interval: Any) -> str:
     if value is None:
         return "-"
     if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in interval:
-        return f"{value:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+        return f"{value:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]"
     return f"{value:+.3f}"
+
+
+def _describe_summary(value: Any) -> str:
+    """Describe a summary dict (count, median, min, max) or a plain number in a few words."""
+    if isinstance(value, dict) and "median" in value:
+        return f"median {_number(value.get('median'))} (range {_number(value.get('min'))} to {_number(value.get('max'))})"
+    return _describe(value)
 
 
 def _describe(value: Any) -> str:

@@ -121,6 +121,7 @@ class _Context:
     threat_models: list[Any]
     attack_names: list[str]
     skipped_attacks: dict[str, str]
+    tangent_shift_epsilon: float
     flags: list[Flag] = field(default_factory=list)
 
 
@@ -195,6 +196,9 @@ def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Conte
     threat_models = parse_eps_options(config.eps) if config.eps else default_threat_models(tuple(x.shape[1:]), dataset.bounds)
     attack_spec = config.attacks if isinstance(config.attacks, str) else list(config.attacks)
     attack_names, skipped = resolve_attacks(attack_spec, num_classes=report.num_classes, threat_models=threat_models)
+    epsilon = config.tangent_shift_epsilon
+    if epsilon is None:
+        epsilon = _default_tangent_shift_epsilon(loaded.module, x[: config.block_size], dataset.bounds, config)
     timing["prepare_seconds"] = time.perf_counter() - tick
 
     context = _Context(
@@ -209,9 +213,25 @@ def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Conte
         threat_models=threat_models,
         attack_names=attack_names,
         skipped_attacks=skipped,
+        tangent_shift_epsilon=epsilon,
         flags=list(report.flags),
     )
     return context, loaded, dataset
+
+
+def _default_tangent_shift_epsilon(model: nn.Module, x: torch.Tensor, bounds: Bounds, config: EvaluationConfig) -> float:
+    """Return the median certified L2 radius of the first block, so most searches start inside their region.
+
+    The first block is the same in every run of a configuration, so the value is too.
+    """
+    from .geometry import local_linear_analysis
+
+    with seeded(derive_seed(config.seed, "geometry", 0)) as generator:
+        geometry = local_linear_analysis(model, x, bounds=bounds, method=config.ts_method, probes=config.probes,
+                                         generator=generator, memory_budget=config.memory_budget)
+    radius = geometry.certified_radius["l2"]
+    finite = radius[torch.isfinite(radius) & (radius > 0)]
+    return float(finite.median()) if len(finite) else 0.1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -368,12 +388,8 @@ def _per_sample_parameter_space(
     predictions = geometry.predictions
     ts_predicted = geometry.tangent_sensitivity.gather(1, predictions[:, None]).squeeze(1)
     region_l2 = geometry.region_distance["l2"]
-    epsilon = config.tangent_shift_epsilon
-    if epsilon is None:
-        finite = geometry.certified_radius["l2"][torch.isfinite(geometry.certified_radius["l2"])]
-        epsilon = float(finite.median()) if len(finite) else 0.1
     shift = tangent_shift(
-        context.model, x, epsilon=epsilon, tangent_sensitivity=ts_predicted, region_distance=region_l2,
+        context.model, x, epsilon=context.tangent_shift_epsilon, tangent_sensitivity=ts_predicted, region_distance=region_l2,
         steps=config.weight_steps, seed=derive_seed(config.seed, "tangent_shift", start),
     )
     _add_time(timing, "parameter_space_seconds", tick)
@@ -547,14 +563,81 @@ def _region_statistics(records: list[SampleRecord]) -> dict[str, Any]:
     }
 
 
+# Relative scales of the parameter-space curves: Gaussian noise sigma (relative to |w| or to
+# each layer's norm) and the AWP budget gamma (relative to each layer's norm).
+NOISE_SCALES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+WEIGHT_GAMMAS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+# Step size of the single gradient step in the single-example update attack (an SGD learning rate).
+UPDATE_STEP_SIZE = 0.1
+
+
 def _parameter_space_section(context: _Context, records: list[SampleRecord]) -> dict[str, Any]:
-    from .attacks.parameter import parameter_space_section
+    """Run the model-level parameter-space attacks and fill each record's flip probabilities."""
+    from .attacks.parameter import (
+        TangentShiftResult,
+        adversarial_weight_curve,
+        noise_sharpness,
+        parameter_space_section,
+        single_example_update_attack,
+        weight_noise_curve,
+    )
 
     config = context.config
+    model, x, y = context.model, context.x, context.y
+    curves = []
+    sharpness: dict[str, float] = {}
+    for mode in ("magnitude", "layer"):
+        seed = derive_seed(config.seed, "noise_curve", mode)
+        curves.append(weight_noise_curve(model, x, y, mode=mode, scales=NOISE_SCALES, draws=config.noise_draws, seed=seed))
+        sharpness[mode] = noise_sharpness(model, x, y, mode=mode, draws=config.noise_draws, seed=seed)
+    for record, probabilities in zip(records, curves[0].flip_probability.tolist()):
+        record.weight_noise_flip_probability = {f"{scale:g}": p for scale, p in zip(NOISE_SCALES, probabilities) if scale > 0}
+
+    weights = adversarial_weight_curve(model, x, y, gammas=WEIGHT_GAMMAS, steps=config.weight_steps,
+                                       seed=derive_seed(config.seed, "weight_curve"))
+
+    updates = []
+    correct = [position for position, record in enumerate(records) if record.correct]
+    if correct:
+        position = correct[0]
+        ts = records[position].tangent_sensitivity[records[position].prediction]
+        for mode in ("output", "label"):
+            updates.append(single_example_update_attack(
+                model, x[position:position + 1], x, y, epsilon=context.tangent_shift_epsilon, step_size=UPDATE_STEP_SIZE,
+                mode=mode, steps=config.weight_steps, seed=derive_seed(config.seed, "update", mode),
+                bounds=context.bounds, tangent_sensitivity=ts,
+            ))
+
+    def column(name: str) -> torch.Tensor:
+        return torch.tensor([_nan_if_none(getattr(record, name)) for record in records], dtype=torch.float64)
+
+    shifts = [record.tangent_shift for record in records]
+    shift_result = None
+    if all(shift is not None for shift in shifts):
+        region_l2 = torch.tensor([_nan_if_none(record.region_distance.l2) for record in records], dtype=torch.float64)
+        shift_result = TangentShiftResult(
+            epsilon=context.tangent_shift_epsilon,
+            achieved=torch.tensor([shift.achieved for shift in shifts], dtype=torch.float64),
+            bound=torch.tensor([shift.bound for shift in shifts], dtype=torch.float64),
+            crossed_region=torch.tensor([shift.crossed_region for shift in shifts]),
+            bound_holds=tuple(shift.bound_holds for shift in shifts),
+            delta=torch.empty(0),
+            within_region_distance=region_l2 > context.tangent_shift_epsilon,
+        )
+
     return parameter_space_section(
-        context.model, context.x, context.y, records=records, seed=derive_seed(config.seed, "parameter_space"),
-        draws=config.noise_draws, steps=config.weight_steps,
+        weight_noise=curves,
+        sharpness_sigma=sharpness,
+        adversarial_weights=weights,
+        weight_noise_radius=column("weight_noise_radius"),
+        adversarial_weight_radius=(column("adversarial_weight_radius"), column("adversarial_weight_radius_first_order")),
+        tangent_shift=shift_result,
+        single_example_update=updates,
     )
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _assemble(
@@ -621,7 +704,7 @@ def _assemble(
         },
         regions=model_level.get("regions"),
         generalization=model_level.get("generalization"),
-        config=config.fingerprint(),
+        config={**config.fingerprint(), "resolved_tangent_shift_epsilon": context.tangent_shift_epsilon},
         timing=timing,
         command=command,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -90,10 +90,8 @@ def execute_run(config: EvaluationConfig, out: Path, *, resume: bool, force: boo
     render(results, console)
     console.print(f"results: [bold]{out / 'results.json'}[/]", highlight=False)
     if html:
-        try:
-            from ..reports.html import write_html
-        except ImportError:
-            return
+        from ..reports.html import write_html
+
         write_html(results, out / "report.html")
         console.print(f"HTML report: [bold]{out / 'report.html'}[/]", highlight=False)
 
