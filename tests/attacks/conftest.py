@@ -30,11 +30,16 @@ def single_thread() -> Iterator[None]:
 
 
 def _train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, epochs: int) -> nn.Module:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(inputs), labels).backward()
-        optimizer.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(inputs), labels).backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
     return model.eval()
 
 
