@@ -145,8 +145,8 @@ def adversarial_weight_radius(
 
     Every sample gets its own perturbation (``torch.vmap`` over per-sample parameter copies).
     At a trial gamma, projected gradient descent on the sample's margin f_k - f_j runs for
-    ``steps`` steps from a random start near the clean weights (k the clean prediction, j the
-    class with the smallest first-order radius), and the sample counts as flipped when any
+    ``steps`` steps from a random start near the clean weights. Here k is the clean prediction
+    and j the class with the smallest first-order radius. The sample counts as flipped when any
     iterate changes its prediction to any class. The search starts
     at the first-order estimate, doubles or halves gamma to bracket the first flip
     (``bracket_steps`` trials at most) and bisects the bracket ``bisection_steps`` times.
@@ -314,9 +314,9 @@ def _flips_within(
 def _random_start(parameters: Parameters, budgets: Parameters, copies: int, generator: torch.Generator) -> Parameters:
     """Return ``copies`` random points ``(copies, *shape)`` near the center of each tensor's ball.
 
-    The direction is Gaussian and the radius uniform in [0, 0.1 * budget]: a start near the
-    clean weights lets the first steps follow the gradient, which a start on the far side of the
-    ball would slow down by many steps.
+    The direction is Gaussian and the radius uniform in [0, 0.1 * budget]. Starting near the
+    clean weights lets the first steps follow the gradient. A start far out in the ball would
+    take many steps to turn towards it.
     """
     start = {}
     for name, tensor in parameters.items():

@@ -1,7 +1,7 @@
-"""Single-example update attack: perturb one training example so that one gradient step on it
-changes as many predictions on an evaluation set as possible.
+"""Single-example update attack: one perturbed example whose gradient step flips many predictions.
 
-This measures the tangent-space view of poisoning: the step an example induces is
+The attack perturbs one training example so that one gradient step on it changes as many
+predictions on an evaluation set as possible. This measures the tangent-space view of poisoning: the step an example induces is
 proportional to its tangent vector, and inside its activation region a perturbation delta
 changes that tangent vector by T delta, at most TS_k(x) ||delta||_2 (B. Daroczy, "Tangent Space
 Sensitivity and Distribution of Linear Regions in ReLU Networks", arXiv 2006.06780).
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -105,10 +106,10 @@ def single_example_update_attack(
     ``-eta * grad_theta CE(f(x'), k)`` (``mode="label"``), with k the class predicted at the clean
     example. Projected gradient ascent on delta maximizes the smooth surrogate
     ``-sum_i relu(m_i)``, where m_i is evaluation sample i's margin for its original prediction
-    after the step; the gradient comes from double backward through the network. Steps have
+    after the step. Its gradient comes from double backward through the network. Steps have
     length ``2.5 * epsilon / steps`` (normalized gradient for L2, its sign for Linf), start from a
     random point of the ball (seeded with ``derive_seed(seed, "single-example-update")``), and
-    the iterate that changes the most predictions is kept.
+    the iterate that changes the most predictions is kept; delta = 0 counts as an iterate.
 
     Args:
         model: Classifier returning logits ``(N, K)``.
@@ -206,7 +207,7 @@ def exact_tangent_sensitivity(model: nn.Module, parameters: Parameters, example:
     standard basis so that a chunk of ``(c, P)`` products fits the per-sample memory budget.
     """
     tangent = _update_function(model, parameters, target, 1.0, "output")
-    _, pullback = torch.func.vjp(tangent, example)
+    pullback = torch.func.vjp(tangent, example)[1]
     cotangent_shape = {name: tensor.shape for name, tensor in parameters.items()}
 
     def flat_derivative(direction: Tensor) -> Tensor:
@@ -222,14 +223,16 @@ def exact_tangent_sensitivity(model: nn.Module, parameters: Parameters, example:
     return math.sqrt(total)
 
 
-def _directional_derivative(update, example: Tensor, direction: Tensor) -> Parameters:  # type: ignore[no-untyped-def]
+def _directional_derivative(update: Callable[[Tensor], Parameters], example: Tensor, direction: Tensor) -> Parameters:
     """Return J direction, J the Jacobian of ``update`` at ``example``."""
-    _, pullback = torch.func.vjp(update, example)
+    pullback = torch.func.vjp(update, example)[1]
     shapes = {name: tensor.shape for name, tensor in update(example).items()}
     return {name: tensor.detach() for name, tensor in _pushforward(pullback, shapes, direction, example).items()}
 
 
-def _pushforward(pullback, shapes: dict[str, torch.Size], direction: Tensor, example: Tensor) -> Parameters:  # type: ignore[no-untyped-def]
+def _pushforward(
+    pullback: Callable[[Parameters], tuple[Tensor, ...]], shapes: dict[str, torch.Size], direction: Tensor, example: Tensor
+) -> Parameters:
     """Return the Jacobian-vector product J direction from the vector-Jacobian product ``pullback``.
 
     u -> <J^T u, direction> is linear in u with gradient J direction, so one more reverse pass
@@ -245,7 +248,9 @@ def _pushforward(pullback, shapes: dict[str, torch.Size], direction: Tensor, exa
     return torch.func.grad(projected)(zeros)
 
 
-def _update_function(model: nn.Module, parameters: Parameters, target: int, step_size: float, mode: UpdateMode):  # type: ignore[no-untyped-def]
+def _update_function(
+    model: nn.Module, parameters: Parameters, target: int, step_size: float, mode: UpdateMode
+) -> Callable[[Tensor], Parameters]:
     """Return the map from an example ``(1, ...)`` to the parameter step it induces."""
 
     def objective(candidate: Parameters, example: Tensor) -> Tensor:
@@ -264,7 +269,7 @@ def _update_function(model: nn.Module, parameters: Parameters, target: int, step
 def _search(
     model: nn.Module,
     parameters: Parameters,
-    update,  # type: ignore[no-untyped-def]
+    update: Callable[[Tensor], Parameters],
     example: Tensor,
     x_eval: Tensor,
     original: Tensor,
@@ -274,14 +279,15 @@ def _search(
     steps: int,
     seed: int,
     batch_size: int,
-    changed_by,  # type: ignore[no-untyped-def]
+    changed_by: Callable[[Parameters], int],
 ) -> Tensor:
     """Run the projected ascent on delta and return the iterate that changed the most predictions."""
     generator = torch.Generator().manual_seed(derive_seed(seed, "single-example-update"))
     delta = _project(torch.randn(example.shape, generator=generator, dtype=example.dtype).to(example.device) * epsilon,
                      example, epsilon, norm, bounds)
     step_length = 2.5 * epsilon / steps
-    best_delta, best_count = delta, -1
+    # The unperturbed example is the first candidate, so the attack never reports fewer changes.
+    best_delta, best_count = torch.zeros_like(example), changed_by(_detached(update(example)))
 
     def surrogate(candidate_delta: Tensor) -> Tensor:
         step = update(example + candidate_delta)
@@ -289,10 +295,10 @@ def _search(
         total = candidate_delta.new_zeros(())
         for start in range(0, x_eval.shape[0], batch_size):
             output = functional_call(model, shifted, (x_eval[start : start + batch_size],))
-            kept = original[start : start + batch_size]
-            is_kept = F.one_hot(kept, num_classes=output.shape[1]).bool()
-            runner_up = output.masked_fill(is_kept, -math.inf).max(dim=1).values
-            margin = output.gather(1, kept.unsqueeze(1)).squeeze(1) - runner_up
+            before = original[start : start + batch_size]
+            is_before = F.one_hot(before, num_classes=output.shape[1]).bool()
+            runner_up = output.masked_fill(is_before, -math.inf).max(dim=1).values
+            margin = output.gather(1, before.unsqueeze(1)).squeeze(1) - runner_up
             total = total - F.relu(margin).sum()
         return total
 

@@ -77,17 +77,17 @@ def _restore(module_states: list[_ModuleState], tensor_states: list[_TensorState
         state.module.training = state.training
 
     with torch.no_grad():
-        for state in tensor_states:
-            tensor = state.tensor
+        for saved in tensor_states:
+            tensor = saved.tensor
             same_layout = (
-                tensor.shape == state.data.shape
-                and tensor.dtype == state.data.dtype
-                and tensor.device == state.data.device
+                tensor.shape == saved.data.shape
+                and tensor.dtype == saved.data.dtype
+                and tensor.device == saved.data.device
             )
             if same_layout:
-                tensor.copy_(state.data)
+                tensor.copy_(saved.data)
             else:
-                tensor.data = state.data
+                tensor.data = saved.data
             if tensor.is_leaf:
-                tensor.requires_grad_(state.requires_grad)
-            tensor.grad = state.grad
+                tensor.requires_grad_(saved.requires_grad)
+            tensor.grad = saved.grad

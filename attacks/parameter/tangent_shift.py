@@ -116,7 +116,7 @@ def tangent_shift(
     The perturbation is not clipped to the input domain, since the shift is a property of the
     network around x.
 
-    The bound TS_k(x) * epsilon holds while x + delta stays in the activation region of x. For
+    The bound TS_k(x) * epsilon is valid while x + delta stays in the activation region of x. For
     those samples ``bound_holds`` is ``achieved <= bound * (1 + 1e-5) + 1e-6 * ||g(x)||``; the
     second term allows for float32 rounding of the difference of two gradients.
 

@@ -20,7 +20,7 @@ def worst_case_radius(model: nn.Linear, sample: torch.Tensor, grid: torch.Tensor
     """Smallest grid gamma at which the aligned per-class perturbation changes the prediction.
 
     For class j the perturbation moves W and b against the autograd gradient of f_k - f_j, each
-    by gamma times its own norm; the prediction is recomputed from the perturbed W and b.
+    by gamma times its own norm. The prediction is recomputed from the perturbed W and b.
     """
     predicted = int(model(sample).argmax())
     weight, bias = model.weight.detach(), model.bias.detach()
@@ -71,7 +71,7 @@ def test_random_perturbations_below_first_order_never_flip() -> None:
 def test_searched_radius_matches_exact_on_linear_model() -> None:
     model, x = make_linear_model()
     radius, first_order = adversarial_weight_radius(model, x, steps=20, seed=0, bisection_steps=10)
-    # The search only reports gammas at which it found a flip, so it cannot undercut the exact
-    # radius beyond rounding; bisection leaves it within 1% above.
+    # The search reports only gammas at which it found a flip, so it cannot undercut the exact
+    # radius beyond rounding. Bisection leaves it within 1% above.
     assert torch.all(radius >= first_order * (1 - 1e-5))
     assert torch.all(radius <= first_order * 1.01), (radius / first_order).tolist()

@@ -62,7 +62,7 @@ def test_tangent_shift_reaches_top_singular_value() -> None:
         steps=30, seed=0,
     )
     inside = ~result.crossed_region
-    # Inside the region the largest shift over the ball is sigma_max(T) * epsilon; the ascent
+    # Inside the region the largest shift over the ball is sigma_max(T) * epsilon. The ascent
     # acts like power iteration, so 30 steps get within 2% of it.
     ratio = result.achieved[inside] / (top[inside] * 1e-3)
     assert torch.all(ratio <= 1 + 1e-4), ratio.tolist()
@@ -115,3 +115,14 @@ def test_tangent_shift_rejects_bad_sensitivity_shape() -> None:
     with pytest.raises(ValueError, match="tangent_sensitivity of shape"):
         tangent_shift(model, x, epsilon=0.1, tangent_sensitivity=torch.ones(4), region_distance=torch.ones(10),
                       steps=1, seed=0)
+
+
+def test_exact_tangent_sensitivity_matches_jacfwd() -> None:
+    from robusteval.attacks.parameter.single_example_update import exact_tangent_sensitivity
+
+    model, x = make_mlp()
+    jacobians, predicted = tangent_jacobians(model, x[:3])
+    parameters = {name: p.detach() for name, p in model.named_parameters()}
+    for index in range(3):
+        value = exact_tangent_sensitivity(model, parameters, x[index : index + 1], int(predicted[index]))
+        assert value == pytest.approx(float(jacobians[index].norm()), rel=1e-9)
