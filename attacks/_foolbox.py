@@ -6,8 +6,10 @@ unchanged. Its random starts draw from torch's global generator, which the calle
 
 from __future__ import annotations
 
+import eagerpy as ep
 import foolbox as fb
 import torch
+from foolbox.devutils import atleast_kd, flatten
 from torch import Tensor, nn
 
 from robusteval._types import Norm
@@ -22,6 +24,22 @@ _PGD_STEP_FACTOR = 2.5
 # DeepFool linearizes the decision boundary against the most likely classes only; 10 is
 # foolbox's default and covers every class of a 10-class model.
 _DEEPFOOL_CANDIDATES = 10
+
+
+class _RepairedL2FMNAttack(fb.attacks.L2FMNAttack):
+    """foolbox's L2 fast minimum-norm attack with a working projection onto the L2 ball.
+
+    NOTE: in foolbox 3.3.4, the latest release, ``L2FMNAttack.project`` computes its scaling
+    factor as ``norms / norms``, which is always 1, so the attack never shrinks its perturbation
+    and returns adversarial examples about one step length (``max_stepsize``) away. This
+    subclass projects ``x - x0`` onto the ball of radius ``epsilon`` instead.
+    """
+
+    def project(self, x: ep.Tensor, x0: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
+        delta = x - x0
+        norms = ep.maximum(flatten(delta).norms.l2(axis=-1), 1e-12)
+        factor = ep.minimum(1, epsilon / norms)
+        return x0 + delta * atleast_kd(factor, x.ndim)
 
 
 def _foolbox_model(model: nn.Module, x: Tensor, context: AttackContext) -> fb.PyTorchModel:
@@ -57,7 +75,7 @@ def run_pgd(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float |
 def run_fmn(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float | None,
             context: AttackContext) -> AttackResult:
     """Run the fast minimum-norm attack (Pintor et al., arXiv 2102.12827) without a norm limit."""
-    attack_type = fb.attacks.LInfFMNAttack if norm == "linf" else fb.attacks.L2FMNAttack
+    attack_type = fb.attacks.LInfFMNAttack if norm == "linf" else _RepairedL2FMNAttack
     return _run(attack_type(steps=context.budget.steps), model, x, y, None, context)
 
 
