@@ -28,9 +28,12 @@ ArchiveKind = Literal["torchscript", "export", "torch_save", "npz", "unknown"]
 # data.pkl of a state_dict is a few kB per tensor; a larger pickle is not scanned in memory.
 MAX_PICKLE_BYTES = 256 * 2**20
 
-# Exceptions that zipfile and zlib raise on damaged archives (bad headers, CRC mismatches,
-# broken compression).
-ZIP_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, ValueError, EOFError, KeyError, NotImplementedError)
+# Exceptions that zipfile and zlib raise on damaged archives: bad headers, CRC mismatches and
+# broken compression, and RuntimeError for members flagged as encrypted.
+ZIP_READ_ERRORS = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, ValueError, EOFError, KeyError,
+    NotImplementedError, RuntimeError,
+)
 
 _EXPORT_COMPILED_DIRS = ("data/aotinductor/", "data/executorch/", "data/mtia/")
 _EXPORT_UNPICKLED_PREFIXES = ("custom_obj_", "opaque_obj_")

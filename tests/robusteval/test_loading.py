@@ -424,3 +424,20 @@ def test_pickle_declaring_huge_length(tmp_path):
 
     with pytest.raises(ModelLoadError):
         load_model(path, arch=ARCH)
+
+
+def test_zip_flagged_as_encrypted(tmp_path):
+    # Found by fuzz_loader.py: zipfile raises RuntimeError for members whose encryption bit is set.
+    whole = tmp_path / "whole.pt"
+    torch.save(make_network().state_dict(), whole)
+    data = bytearray(whole.read_bytes())
+    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = data.find(signature)
+        while start != -1:
+            data[start + flag_offset] |= 0x01
+            start = data.find(signature, start + 4)
+    encrypted = tmp_path / "encrypted.pt"
+    encrypted.write_bytes(bytes(data))
+
+    with pytest.raises(ModelLoadError, match="encrypted"):
+        load_model(encrypted, arch=ARCH)
