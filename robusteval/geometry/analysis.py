@@ -20,11 +20,11 @@ from torch import Tensor, nn
 from torch.func import jvp, vmap
 
 from .._types import NORMS, Bounds, Norm
-from .chain import recover_chain
+from .chain import ReluChain, recover_chain
 from .closed_form import LocalLinearPiece, chain_analysis
 from .generic import generic_analysis
 from .region_distance import certificate_is_exact, linear_decision_distance, region_distance
-from .tangent_sensitivity import Method, estimate_tangent_sensitivity
+from .tangent_sensitivity import Method, TangentSensitivityEstimate, estimate_tangent_sensitivity, validate_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,19 @@ def local_linear_analysis(
         raise ValueError(f"Expected x of shape (N, ...) with N >= 1, but got {tuple(x.shape)}.")
     x = x.detach()
 
+    validate_arguments(method, probes, memory_budget)
+
     chain = recover_chain(model, x)
-    piece = _local_piece(model, x, chain, memory_budget)
-    estimate = estimate_tangent_sensitivity(
-        model, x, method=method, probes=probes, generator=generator, memory_budget=memory_budget, chain=chain
-    )
+    piece: LocalLinearPiece | _UnlocatedPiece
+    if chain is not None and method in ("auto", "closed_form"):
+        # One closed-form pass gives the affine piece and the tangent sensitivity together.
+        piece, values = chain_analysis(chain, x, memory_budget=memory_budget)
+        estimate = TangentSensitivityEstimate(values, None, "closed_form", None)
+    else:
+        piece = _local_piece(model, x, chain, memory_budget)
+        estimate = estimate_tangent_sensitivity(
+            model, x, method=method, probes=probes, generator=generator, memory_budget=memory_budget, chain=chain
+        )
 
     logits = piece.logits
     if logits.dim() != 2 or logits.shape[1] < 2:
@@ -172,10 +180,10 @@ class _UnlocatedPiece:
 
 
 def _local_piece(
-    model: nn.Module, x: Tensor, chain: object, memory_budget: int
+    model: nn.Module, x: Tensor, chain: ReluChain | None, memory_budget: int
 ) -> LocalLinearPiece | _UnlocatedPiece:
     if chain is not None:
-        return chain_analysis(chain, x, memory_budget=memory_budget)[0]  # type: ignore[arg-type]
+        return chain_analysis(chain, x, memory_budget=memory_budget)[0]
     try:
         return generic_analysis(model, x, memory_budget=memory_budget)
     except ValueError as error:

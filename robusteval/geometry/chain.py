@@ -109,7 +109,8 @@ def _layers_from_sequential(model: nn.Module) -> list[LinearLayer] | None:
     for leaf in leaves:
         kind = _kind(leaf)
         if kind == "Linear":
-            ok = builder.add_linear(leaf.weight, getattr(leaf, "bias", None))
+            weight, bias = leaf.weight, getattr(leaf, "bias", None)
+            ok = isinstance(weight, Tensor) and builder.add_linear(weight, bias)
         elif kind == "ReLU":
             ok = builder.add_relu()
         elif kind == "Flatten":

@@ -72,10 +72,10 @@ def generic_tangent_sensitivity(
             def logits(p: dict[str, Tensor]) -> Tensor:
                 return functional_call(module, (p, buffers), (inputs.unsqueeze(0),)).squeeze(0)
 
-            _, pullback = vjp(logits, params)
+            pullback = vjp(logits, params)[1]
             return vmap(pullback)(identity)[0]  # each (K, *parameter shape)
 
-        _, tangents = jvp(parameter_gradients, (sample,), (direction,))
+        tangents = jvp(parameter_gradients, (sample,), (direction,))[1]
         return sum(t.reshape(num_classes, -1).square().sum(dim=1) for t in tangents.values())
 
     per_direction = vmap(squared_norms, in_dims=(None, 0))
@@ -132,7 +132,7 @@ def generic_analysis(model: nn.Module, x: Tensor, *, memory_budget: int) -> Loca
     chunk = max(1, memory_budget // (4 * x.element_size() * values_per_direction))
 
     def column(direction: Tensor) -> tuple[Tensor, list[Tensor]]:
-        _, (logit_tangent, unit_tangents) = jvp(runner, (x,), (direction.expand_as(x),))
+        logit_tangent, unit_tangents = jvp(runner, (x,), (direction.expand_as(x),))[1]
         return logit_tangent, unit_tangents
 
     l2_squared = [torch.zeros_like(z) for z in preactivations]

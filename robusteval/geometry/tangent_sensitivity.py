@@ -67,6 +67,16 @@ def tangent_sensitivity(
     ).values
 
 
+def validate_arguments(method: str, probes: int, memory_budget: int) -> None:
+    """Raise ``ValueError`` for an unknown method, ``probes < 2`` or a non-positive memory budget."""
+    if method not in _METHODS:
+        raise ValueError(f"Expected method to be one of {_METHODS}, but got {method!r}.")
+    if not isinstance(probes, int) or probes < 2:
+        raise ValueError(f"Expected probes to be an integer >= 2 for a standard error, but got {probes!r}.")
+    if not isinstance(memory_budget, int) or memory_budget <= 0:
+        raise ValueError(f"Expected a positive memory_budget in bytes, but got {memory_budget!r}.")
+
+
 def estimate_tangent_sensitivity(
     model: nn.Module,
     x: Tensor,
@@ -85,13 +95,7 @@ def estimate_tangent_sensitivity(
         ValueError: for an unknown method, ``probes < 2`` with Hutchinson, or ``"closed_form"``
             on a model that is not a fully connected ReLU chain.
     """
-    if method not in _METHODS:
-        raise ValueError(f"Expected method to be one of {_METHODS}, but got {method!r}.")
-    if not isinstance(probes, int) or probes < 2:
-        raise ValueError(f"Expected probes to be an integer >= 2 for a standard error, but got {probes!r}.")
-    if memory_budget <= 0:
-        raise ValueError(f"Expected a positive memory_budget in bytes, but got {memory_budget!r}.")
-
+    validate_arguments(method, probes, memory_budget)
     if chain is None and method in ("auto", "closed_form"):
         chain = recover_chain(model, x)
     if method == "closed_form" and chain is None:
