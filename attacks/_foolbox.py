@@ -16,9 +16,9 @@ from robusteval._types import Norm
 
 from .adapters import AttackContext, AttackResult, AttackSpec
 
-# PGD step size relative to epsilon: with 2.5 * epsilon / steps, a run of ``steps`` iterations
+# PGD step size relative to epsilon. With 2.5 * epsilon / steps, a run of ``steps`` iterations
 # can travel 2.5 ball radii, enough to reach the boundary of the ball from a random start and
-# move along it. foolbox's default (0.033 for Linf) reaches the boundary only after 30 steps.
+# move along it. foolbox's Linf default of 0.033 * epsilon needs 30 steps from the center to the boundary.
 _PGD_STEP_FACTOR = 2.5
 
 # DeepFool linearizes the decision boundary against the most likely classes only; 10 is
@@ -66,7 +66,7 @@ def run_pgd(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float |
     """Run projected gradient descent with a random start (Madry et al., arXiv 1706.06083)."""
     steps = context.budget.steps
     attack_type = fb.attacks.LinfPGD if norm == "linf" else fb.attacks.L2PGD
-    attack = attack_type(steps=steps, rel_stepsize=_PGD_STEP_FACTOR / steps, random_start=True)
+    attack: fb.attacks.base.Attack = attack_type(steps=steps, rel_stepsize=_PGD_STEP_FACTOR / steps, random_start=True)
     if context.budget.restarts > 1:
         attack = attack.repeat(context.budget.restarts)
     return _run(attack, model, x, y, epsilon, context)

@@ -1,7 +1,8 @@
 """Adapters to torchattacks 3.5: APGD-CE, APGD-T, FAB, Square and the standard AutoAttack ensemble.
 
-torchattacks 3.5.1 assumes images of shape ``(N, C, H, W)`` with values in [0, 1]: it clips to
-[0, 1], Square cuts square windows out of ``H x W``, and AutoAttack crashes on flat inputs.
+torchattacks 3.5.1 assumes images of shape ``(N, C, H, W)`` with values in [0, 1]. It clips to
+[0, 1], Square cuts square windows out of ``H x W``, and APGD, Square and AutoAttack raise on
+flat ``(N, d)`` inputs.
 :class:`ImageView` therefore maps every batch to such images and back. It rescales the data
 bounds to [0, 1], which scales both norms by ``1 / (upper - lower)``, and gives flat inputs an
 image layout (see :func:`image_layout`). The random starts draw from torch's global generator,
@@ -34,7 +35,7 @@ AUTOATTACK_COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
 def image_layout(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Return the ``(C, H, W)`` image shape under which torchattacks sees inputs of ``input_shape``.
+    """Return the ``(C, H, W)`` image shape that torchattacks attacks in place of ``input_shape``.
 
     Image inputs keep their shape when Square's first window fits. Any other shape is flattened
     to ``d`` features and laid out as ``(d / s**2, s, s)`` with ``s`` the largest integer whose

@@ -47,7 +47,7 @@ class AttackBudget:
 
 @dataclass(frozen=True)
 class AttackContext:
-    """What an adapter needs besides the batch: data bounds, class count, seed and budget."""
+    """Settings an adapter receives with each batch: data bounds, class count, seed and budget."""
 
     bounds: Bounds
     num_classes: int
@@ -56,7 +56,7 @@ class AttackContext:
 
 
 class AttackResult(NamedTuple):
-    """What a backend returned for a batch of ``N`` inputs.
+    """A backend's output for a batch of ``N`` inputs.
 
     Attributes:
         adversarial: ``(N, *input_shape)`` candidate examples in the data's bounds.

@@ -176,10 +176,9 @@ def _attack_under_norm(
             examples=torch.full_like(x, math.nan, device="cpu"),
         )
         started = time.perf_counter()
-        if spec.kind == "minimal_norm":
-            runs = [(0, None)]
-        else:
-            runs = list(enumerate(threat_model.epsilons))
+        runs: list[tuple[int, float | None]] = (
+            [(0, None)] if spec.kind == "minimal_norm" else list(enumerate(threat_model.epsilons))
+        )
         for index, epsilon in runs:
             pending = correct.cpu()
             if epsilon is not None:
@@ -439,13 +438,15 @@ def summarize_threat_models(
 
 
 def _boolean_matrix(rows: Sequence[Sequence[bool] | None], width: int, label: str) -> Tensor:
+    values: list[list[bool]] = []
     for position, row in enumerate(rows):
         if row is None or len(row) != width:
             raise ValueError(
                 f"Expected {label} with {width} values for every sample, but sample {position} has "
                 f"{'none' if row is None else len(row)}. Fill the samples with record_outcome first."
             )
-    return torch.tensor([[bool(value) for value in row] for row in rows], dtype=torch.bool).reshape(len(rows), width)
+        values.append([bool(value) for value in row])
+    return torch.tensor(values, dtype=torch.bool).reshape(len(rows), width)
 
 
 def _mean_columns(matrix: Tensor, total: int) -> list[float]:

@@ -89,8 +89,8 @@ def assess_reliability(
 def check_probability_outputs(model: nn.Module, x: Tensor) -> list[Flag]:
     """Flag outputs that look like probabilities (non-negative rows summing to 1) instead of logits.
 
-    Attacks on the cross-entropy of probabilities see a softmax applied twice, whose gradients
-    nearly vanish, so they underestimate how easily the model breaks.
+    Cross-entropy attacks then apply a second softmax, whose gradients are small and badly
+    scaled, so the attacks underestimate how easily the model breaks.
     """
     with torch.no_grad():
         outputs = model(x).double()
@@ -242,8 +242,8 @@ def check_robust_accuracy_reaches_zero(
     """Flag threat models whose robust accuracy stays above zero at the largest epsilon.
 
     At an epsilon of at least the box diameter (:func:`box_diameter`), every point of the box is
-    reachable from every input, so any model that predicts two classes somewhere can be broken
-    on every sample; nonzero robust accuracy there means the attacks failed (severity
+    within reach of every input. A model that predicts two classes somewhere on the box can then
+    be broken on every sample, so nonzero robust accuracy means the attacks failed (severity
     ``"error"``). Below the diameter it may be real robustness (severity ``"warning"``).
     """
     flags = []

@@ -45,7 +45,8 @@ def _check_outcome_consistency(
         assert bool(torch.isnan(examples[~broken]).all())
         if bool(broken.any()):
             adversarial = examples[broken]
-            assert bool((adversarial >= UNIT.lower).all() and (adversarial <= UNIT.upper).all())
+            assert bool((adversarial >= UNIT.lower).all())
+            assert bool((adversarial <= UNIT.upper).all())
             with torch.no_grad():
                 predictions = model(adversarial).argmax(dim=1)
             assert bool((predictions != y[broken]).all())
@@ -355,7 +356,8 @@ def test_other_bounds_match_unit_bounds(
     examples = shifted.adversarial_examples["linf"]
     found = ~torch.isnan(examples[:, 0])
     assert bool(found.any())
-    assert bool((examples[found] >= -1).all() and (examples[found] <= 1).all())
+    assert bool((examples[found] >= -1).all())
+    assert bool((examples[found] <= 1).all())
     for name in attacks:
         difference = (unit.success[name]["linf"] != shifted.success[name]["linf"]).sum()
         assert int(difference) <= 1, name
@@ -390,3 +392,25 @@ def test_duplicate_norms_raise(digits_mlp: nn.Module, digits_test: tuple[torch.T
     with pytest.raises(ValueError, match="one threat model per norm"):
         run_input_attacks(digits_mlp, *digits_test, threat_models=[ThreatModel("linf", (0.1,)),
                           ThreatModel("linf", (0.2,))], attacks="quick", bounds=UNIT, seed=0)
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_tiny_blocks_thorough_suite(
+    count: int, digits_mlp: nn.Module, digits_test: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """Empty and single-sample blocks run every attack, including torchattacks' batch-of-one paths."""
+    budget = AttackBudget(steps=5, square_queries=20, cw_steps=5, cw_binary_search_steps=2)
+    x, y = digits_test[0][:count], digits_test[1][:count]
+    threat_models = [ThreatModel("linf", (0.1, 1.0)), ThreatModel("l2", (8.0,))]
+    outcome = run_input_attacks(digits_mlp, x, y, threat_models=threat_models, attacks="thorough", bounds=UNIT,
+                                seed=0, budget=budget)
+    assert outcome.flags == []
+    assert set(outcome.success) == {"fgsm", "pgd", "apgd-ce", "apgd-t", "square", "autoattack", "fmn", "deepfool", "cw",
+                                    "fab"}
+    for name, per_norm in outcome.success.items():
+        for norm, success in per_norm.items():
+            assert success.shape == (count, len(outcome.epsilons[norm])), (name, norm)
+    if count:
+        assert bool(outcome.correct[0])
+        assert not bool(outcome.robust["linf"][0, 1])
+        assert not math.isnan(float(outcome.min_distance["l2"][0]))

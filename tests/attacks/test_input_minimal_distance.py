@@ -1,4 +1,4 @@
-"""Minimal adversarial distances against networks whose answer is computed independently."""
+"""Minimal adversarial distances against networks whose true distance is computed independently."""
 
 from __future__ import annotations
 
@@ -41,12 +41,13 @@ def test_linear_two_class_exact_distance() -> None:
     g = signed.abs()
     exact: dict[Norm, Tensor] = {"l2": g / w.norm(p=2), "linf": g / w.norm(p=1)}
 
-    # The closest boundary points lie inside the bounds, so the box does not change the answer.
+    # The closest boundary points lie inside the bounds, so the box does not change the distance.
     direction = torch.where(signed > 0, -1.0, 1.0)[:, None]
     l2_closest = x.double() + direction * exact["l2"][:, None] * w / w.norm()
     linf_closest = x.double() + direction * exact["linf"][:, None] * torch.sign(w)
     for closest in (l2_closest, linf_closest):
-        assert bool((closest > bounds.lower).all() and (closest < bounds.upper).all())
+        assert bool((closest > bounds.lower).all())
+        assert bool((closest < bounds.upper).all())
 
     threat_models = [ThreatModel("linf", (10.0,)), ThreatModel("l2", (10.0,))]
     for name, slack in (("fmn", 1.05), ("deepfool", 1.05), ("fab", 1.05), ("cw", 2.0)):
@@ -78,10 +79,10 @@ def _brute_force_bounds(model: nn.Sequential, x: Tensor, y: Tensor, steps: int) 
     """Return certified ``(lower, upper)`` minimal adversarial distances in [0, 1]^2 from a grid search.
 
     Upper bound: the nearest grid point the model misclassifies. Lower bound: every point of the
-    square lies within ``rho = h / sqrt(2)`` (L2) of a grid point, and the logit margin
-    ``f_y - f_j`` changes by at most ``L * rho`` over that distance, with ``L`` the product of
-    ``||W2[y] - W2[j]||_2`` and the spectral norm of ``W1`` (ReLU is 1-Lipschitz). So an
-    adversarial point is within ``rho`` of a grid point whose margin is at most ``L * rho``.
+    square lies within ``rho = h / sqrt(2)`` (L2) of a grid point. Over that distance the logit
+    margin ``f_y - f_j`` changes by at most ``L * rho``, where ``L`` is ``||W2[y] - W2[j]||_2``
+    times the spectral norm of ``W1`` (ReLU is 1-Lipschitz). So every adversarial point lies
+    within ``rho`` of a grid point whose margin is at most ``L * rho``.
     """
     h = 1.0 / steps
     axis = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
