@@ -111,14 +111,25 @@ def run_pgd_foolbox_fixed_steps(model: nn.Module, x: Tensor, y: Tensor, epsilon:
 
 
 FOOLBOX_ATTACKS = (
-    AttackSpec("fgsm", "fixed_budget", "foolbox", ("linf", "l2"), 2, "white_box",
-               "fast gradient sign method (one step; L2 uses the fast gradient method)", run_fgsm),
-    AttackSpec("pgd", "fixed_budget", "foolbox", ("linf", "l2"), 2, "white_box",
-               "projected gradient descent with a random start", run_pgd),
-    AttackSpec("fmn", "minimal_norm", "foolbox", ("linf", "l2"), 2, "white_box",
-               "fast minimum-norm attack", run_fmn),
-    AttackSpec("deepfool", "minimal_norm", "foolbox", ("linf", "l2"), 2, "white_box",
-               "DeepFool", run_deepfool),
-    AttackSpec("cw", "minimal_norm", "foolbox", ("l2",), 2, "white_box",
-               "Carlini-Wagner L2 attack", run_carlini_wagner),
+    AttackSpec(
+        name="fgsm", kind="fixed_budget", backend="foolbox", norms=("linf", "l2"), min_classes=2,
+        search="white_box", run=run_fgsm,
+        description="fast gradient sign method, one step (the fast gradient method under L2)",
+    ),
+    AttackSpec(
+        name="pgd", kind="fixed_budget", backend="foolbox", norms=("linf", "l2"), min_classes=2,
+        search="white_box", description="projected gradient descent with a random start", run=run_pgd,
+    ),
+    AttackSpec(
+        name="fmn", kind="minimal_norm", backend="foolbox", norms=("linf", "l2"), min_classes=2,
+        search="white_box", description="fast minimum-norm attack", run=run_fmn,
+    ),
+    AttackSpec(
+        name="deepfool", kind="minimal_norm", backend="foolbox", norms=("linf", "l2"), min_classes=2,
+        search="white_box", description="DeepFool", run=run_deepfool,
+    ),
+    AttackSpec(
+        name="cw", kind="minimal_norm", backend="foolbox", norms=("l2",), min_classes=2,
+        search="white_box", description="Carlini-Wagner L2 attack", run=run_carlini_wagner,
+    ),
 )

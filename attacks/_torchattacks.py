@@ -243,14 +243,24 @@ def _required(epsilon: float | None) -> float:
 
 
 TORCHATTACKS_ATTACKS = (
-    AttackSpec("apgd-ce", "fixed_budget", "torchattacks", ("linf", "l2"), 2, "white_box",
-               "APGD on the cross-entropy loss", run_apgd_ce),
-    AttackSpec("apgd-t", "fixed_budget", "torchattacks", ("linf", "l2"), APGD_T_MIN_CLASSES, "white_box",
-               "APGD-T on the targeted DLR loss", run_apgd_targeted),
-    AttackSpec("fab", "minimal_norm", "torchattacks", ("linf", "l2"), 2, "white_box",
-               "untargeted FAB, minimizing the norm", run_fab),
-    AttackSpec("square", "fixed_budget", "torchattacks", ("linf", "l2"), 2, "black_box",
-               "Square attack (black-box random search)", run_square),
-    AttackSpec("autoattack", "fixed_budget", "torchattacks", ("linf", "l2"), 2, "ensemble",
-               "standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square", run_autoattack),
+    AttackSpec(
+        name="apgd-ce", kind="fixed_budget", backend="torchattacks", norms=("linf", "l2"), min_classes=2,
+        search="white_box", description="APGD on the cross-entropy loss", run=run_apgd_ce,
+    ),
+    AttackSpec(
+        name="apgd-t", kind="fixed_budget", backend="torchattacks", norms=("linf", "l2"), min_classes=APGD_T_MIN_CLASSES,
+        search="white_box", description="APGD-T on the targeted DLR loss", run=run_apgd_targeted,
+    ),
+    AttackSpec(
+        name="fab", kind="minimal_norm", backend="torchattacks", norms=("linf", "l2"), min_classes=2,
+        search="white_box", description="untargeted FAB, minimizing the norm", run=run_fab,
+    ),
+    AttackSpec(
+        name="square", kind="fixed_budget", backend="torchattacks", norms=("linf", "l2"), min_classes=2,
+        search="black_box", description="Square attack (black-box random search)", run=run_square,
+    ),
+    AttackSpec(
+        name="autoattack", kind="fixed_budget", backend="torchattacks", norms=("linf", "l2"), min_classes=2,
+        search="ensemble", description="standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square", run=run_autoattack,
+    ),
 )

@@ -301,7 +301,8 @@ def _check_arguments(x: Tensor, y: Tensor, threat_models: Sequence[ThreatModel],
             "Expected inputs as a floating-point tensor of shape (N, *input_shape), but got "
             f"{type(x).__name__} {getattr(x, 'dtype', '')} of shape {tuple(getattr(x, 'shape', ()))}."
         )
-    if not isinstance(y, Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.shape != (len(x),):
+    integer_types = (torch.int64, torch.int32, torch.int16, torch.uint8)
+    if not isinstance(y, Tensor) or y.dtype not in integer_types or y.shape != (len(x),):
         raise TypeError(
             f"Expected labels as an integer tensor of shape ({len(x)},), but got "
             f"{type(y).__name__} {getattr(y, 'dtype', '')} of shape {tuple(getattr(y, 'shape', ()))}."

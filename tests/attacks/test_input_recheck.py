@@ -78,8 +78,11 @@ def registered() -> Iterator[Callable[[str, Callable[..., AttackResult], str], N
     names: list[str] = []
 
     def register(name: str, run: Callable[..., AttackResult], kind: str = "fixed_budget") -> None:
-        register_attack(AttackSpec(name=name, kind=kind, backend="custom", norms=("linf", "l2"), min_classes=2,  # type: ignore[arg-type]
-                                   search="white_box", description="test backend", run=run))
+        spec = AttackSpec(
+            name=name, kind=kind, backend="custom", norms=("linf", "l2"), min_classes=2,  # type: ignore[arg-type]
+            search="white_box", description="test backend", run=run,
+        )
+        register_attack(spec)
         names.append(name)
 
     yield register
