@@ -103,6 +103,9 @@ def run_input_attacks(
     each epsilon in increasing order on the samples they have not broken yet; minimal-norm
     attacks run once per norm. Each run is seeded with ``derive_seed(seed, attack, norm, i)``.
 
+    NOTE: tested on the CPU only; the adapters keep tensors on ``x.device``, but no CUDA run
+    has checked that.
+
     Args:
         model: a classifier returning logits ``(N, C)``; it is evaluated in eval mode with
             parameter gradients off, and both are restored on return.
