@@ -29,6 +29,7 @@ from torch import nn
 from . import __version__
 from ._types import Bounds, Norm
 from .distributed import DistributedContext
+from .eager import eager_equivalent
 from .progress import NullProgress, ProgressReporter
 from .results import (
     DataInfo,
@@ -122,6 +123,9 @@ class _Context:
     attack_names: list[str]
     skipped_attacks: dict[str, str]
     tangent_shift_epsilon: float
+    # The model as the parameter-space stage runs it (an eager copy of a TorchScript
+    # Sequential), or None when that stage cannot or should not run.
+    parameter_model: nn.Module | None
     flags: list[Flag] = field(default_factory=list)
 
 
@@ -199,6 +203,18 @@ def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Conte
     epsilon = config.tangent_shift_epsilon
     if epsilon is None:
         epsilon = _default_tangent_shift_epsilon(loaded.module, x[: config.block_size], dataset.bounds, config)
+    flags = list(report.flags)
+    parameter_model = None
+    if config.parameter_space:
+        parameter_model = eager_equivalent(loaded.module, x[:8])
+        if parameter_model is None:
+            flags.append(Flag(
+                "parameter_space_unavailable", "warning",
+                "The parameter-space attacks need torch.func, which cannot run a TorchScript module other than a "
+                "Sequential of standard layers; they were skipped. Load the model as a state_dict with --arch, "
+                "or as a torch.export (.pt2) archive, to run them.",
+                "parameter_space",
+            ))
     timing["prepare_seconds"] = time.perf_counter() - tick
 
     context = _Context(
@@ -214,7 +230,8 @@ def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Conte
         attack_names=attack_names,
         skipped_attacks=skipped,
         tangent_shift_epsilon=epsilon,
-        flags=list(report.flags),
+        parameter_model=parameter_model,
+        flags=flags,
     )
     return context, loaded, dataset
 
@@ -332,7 +349,7 @@ def _evaluate_block(
     _add_time(timing, "input_attack_seconds", tick)
 
     regions_crossed = _regions_crossed(context, x, outcome, timing)
-    parameter = _per_sample_parameter_space(context, x, y, geometry, start, timing) if config.parameter_space else {}
+    parameter = _per_sample_parameter_space(context, x, geometry, start, timing) if context.parameter_model is not None else {}
 
     records = _build_records(context, start, stop, geometry, outcome, regions_crossed, parameter)
     extra = {
@@ -372,24 +389,26 @@ def _regions_crossed(context: _Context, x: torch.Tensor, outcome: Any, timing: d
 
 
 def _per_sample_parameter_space(
-    context: _Context, x: torch.Tensor, y: torch.Tensor, geometry: Any, start: int, timing: dict[str, float]
+    context: _Context, x: torch.Tensor, geometry: Any, start: int, timing: dict[str, float]
 ) -> dict[str, Any]:
     from .attacks.parameter import adversarial_weight_radius, tangent_shift, weight_noise_radius
 
     config = context.config
+    model = context.parameter_model
+    assert model is not None
     tick = time.perf_counter()
     noise_radius = weight_noise_radius(
-        context.model, x, mode="magnitude", draws=config.noise_draws, seed=derive_seed(config.seed, "noise", start)
+        model, x, mode="magnitude", draws=config.noise_draws, seed=derive_seed(config.seed, "noise", start)
     )
     weight_radius, first_order = adversarial_weight_radius(
-        context.model, x, steps=config.weight_steps, seed=derive_seed(config.seed, "weights", start)
+        model, x, steps=config.weight_steps, seed=derive_seed(config.seed, "weights", start)
     )
 
     predictions = geometry.predictions
     ts_predicted = geometry.tangent_sensitivity.gather(1, predictions[:, None]).squeeze(1)
     region_l2 = geometry.region_distance["l2"]
     shift = tangent_shift(
-        context.model, x, epsilon=context.tangent_shift_epsilon, tangent_sensitivity=ts_predicted, region_distance=region_l2,
+        model, x, epsilon=context.tangent_shift_epsilon, tangent_sensitivity=ts_predicted, region_distance=region_l2,
         steps=config.weight_steps, seed=derive_seed(config.seed, "tangent_shift", start),
     )
     _add_time(timing, "parameter_space_seconds", tick)
@@ -511,7 +530,7 @@ def _run_model_level_stages(
     )
     _add_time(timing, "reliability_seconds", tick)
 
-    if config.parameter_space:
+    if context.parameter_model is not None:
         tick = time.perf_counter()
         progress.start("parameter space", 1)
         output["parameter_space"] = _parameter_space_section(context, records)
@@ -583,7 +602,8 @@ def _parameter_space_section(context: _Context, records: list[SampleRecord]) -> 
     )
 
     config = context.config
-    model, x, y = context.model, context.x, context.y
+    model, x, y = context.parameter_model, context.x, context.y
+    assert model is not None
     curves = []
     sharpness: dict[str, float] = {}
     for mode in ("magnitude", "layer"):

@@ -51,7 +51,11 @@ def count_regions_crossed(model: nn.Module, x: Tensor, x_adv: Tensor) -> Tensor:
         raise ValueError(
             f"Expected x and x_adv of the same shape, but got {tuple(x.shape)} and {tuple(x_adv.shape)}."
         )
-    walker = copy.deepcopy(model).to(torch.float64).eval()
+    with warnings.catch_warnings():
+        # Converting a copied TorchScript module reads the .grad of parameters that torch 2.13
+        # reports as non-leaf tensors; the walk never uses gradients, so the warning is noise.
+        warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf", category=UserWarning)
+        walker = copy.deepcopy(model).to(torch.float64).eval()
     runner = preactivation_runner(walker)
 
     start = x.detach().to(torch.float64)
