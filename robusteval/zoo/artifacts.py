@@ -147,9 +147,9 @@ def load_zoo_model(pt_path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str
     """Load a zoo model file and the metadata JSON beside it, without full unpickling.
 
     Args:
-        pt_path: a ``.pt`` file written by the zoo; its metadata is the ``.json`` file of the
-            same stem, or, for a per-epoch checkpoint ``epoch-XXX.pt``, the ``model.json`` in
-            the same folder.
+        pt_path: a ``.pt`` file written by the zoo. Its metadata is the ``.json`` file of the
+            same stem. A per-epoch checkpoint ``epoch-XXX.pt`` uses the ``model.json`` in
+            its folder instead.
 
     Returns:
         The network in eval mode and its metadata.

@@ -53,7 +53,7 @@ TARGET_DESCRIPTIONS = {
 
 
 class _Sources(NamedTuple):
-    """What one checkpoint's measures are read from."""
+    """Inputs of one checkpoint's measures."""
 
     estimates: dict[str, Any]  # generalization_estimates on both splits
     bounds: dict[str, Any]  # compute_bounds on the training split; empty for non-chains
