@@ -74,9 +74,25 @@ def run_pgd(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float |
 
 def run_fmn(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float | None,
             context: AttackContext) -> AttackResult:
-    """Run the fast minimum-norm attack (Pintor et al., arXiv 2102.12827) without a norm limit."""
-    attack_type = fb.attacks.LInfFMNAttack if norm == "linf" else _RepairedL2FMNAttack
-    return _run(attack_type(steps=context.budget.steps), model, x, y, None, context)
+    """Run the fast minimum-norm attack (Pintor et al., arXiv 2102.12827) without a norm limit.
+
+    Under L2 the repaired projection finds much closer examples but, measured on the bundled
+    demo model, gives up on about 40% of the samples; those rows are attacked again with
+    foolbox's own L2 attack, whose examples are farther away but almost always found.
+    """
+    if norm == "linf":
+        return _run(fb.attacks.LInfFMNAttack(steps=context.budget.steps), model, x, y, None, context)
+
+    repaired = _run(_RepairedL2FMNAttack(steps=context.budget.steps), model, x, y, None, context)
+    missing = (~repaired.claimed).nonzero().flatten()
+    if len(missing) == 0:
+        return repaired
+    fallback = _run(fb.attacks.L2FMNAttack(steps=context.budget.steps), model, x[missing], y[missing], None, context)
+    adversarial = repaired.adversarial.clone()
+    claimed = repaired.claimed.clone()
+    adversarial[missing] = fallback.adversarial
+    claimed[missing] = fallback.claimed
+    return AttackResult(adversarial=adversarial, claimed=claimed)
 
 
 def run_deepfool(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float | None,

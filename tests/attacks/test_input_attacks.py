@@ -129,7 +129,7 @@ def test_standard_suite_on_flat_inputs(
     outcome = run_input_attacks(
         digits_mlp, x, y, threat_models=threat_models, attacks="standard", bounds=UNIT, seed=0, budget=fast_budget
     )
-    assert set(outcome.success) == {"fmn", "pgd", "autoattack"}
+    assert set(outcome.success) == {"fmn", "deepfool", "pgd", "autoattack"}
     assert outcome.skipped == {}
     assert outcome.flags == []
     _check_outcome_consistency(digits_mlp, x, y, outcome, threat_models)

@@ -102,7 +102,7 @@ def test_resolve_expands_suites_in_order() -> None:
     assert skipped == {}
 
     runnable, _ = resolve_attacks(["pgd", "standard", "fgsm"], num_classes=10, threat_models=threat_models)
-    assert runnable == ["pgd", "fmn", "autoattack", "fgsm"]
+    assert runnable == ["pgd", "fmn", "deepfool", "autoattack", "fgsm"]
 
     runnable, _ = resolve_attacks(" fmn, DeepFool ", num_classes=10, threat_models=threat_models)
     assert runnable == ["fmn", "deepfool"]
