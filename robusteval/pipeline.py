@@ -167,7 +167,7 @@ def evaluate(
     if not world.is_main:
         return _assemble(context, loaded_model, dataset, records, block_extras, {}, timing, command, world)
 
-    model_level = _run_model_level_stages(context, dataset, records, progress, timing)
+    model_level = _run_model_level_stages(context, dataset, records, block_extras, progress, timing)
     timing["total_seconds"] = time.perf_counter() - started
     results = _assemble(context, loaded_model, dataset, records, block_extras, model_level, timing, command, world)
 
@@ -315,8 +315,11 @@ def _merge_extra(total: dict[str, Any], block: dict[str, Any]) -> None:
             known = {(flag["code"], flag["message"]) for flag in total.setdefault("flags", [])}
             total["flags"].extend(flag for flag in value if (flag["code"], flag["message"]) not in known)
         elif key == "seconds":
-            for name, seconds in value.items():
-                total.setdefault("seconds", {})[name] = total.get("seconds", {}).get(name, 0.0) + seconds
+            # norm -> attack -> seconds, summed over blocks
+            for norm, by_attack in value.items():
+                norm_total = total.setdefault("seconds", {}).setdefault(norm, {})
+                for name, seconds in by_attack.items():
+                    norm_total[name] = norm_total.get(name, 0.0) + seconds
         elif key == "skipped":
             total.setdefault("skipped", {}).update(value)
         else:
@@ -356,7 +359,7 @@ def _evaluate_block(
         "geometry_method": geometry.method,
         "geometry_probes": geometry.probes,
         "flags": [asdict(flag) for flag in outcome.flags],
-        "seconds": dict(outcome.seconds),
+        "seconds": {norm: dict(by_attack) for norm, by_attack in outcome.seconds_per_norm.items()},
         "skipped": dict(outcome.skipped),
     }
     return records, extra
@@ -510,7 +513,12 @@ def _fill_robust(context: _Context, records: list[SampleRecord]) -> None:
 
 
 def _run_model_level_stages(
-    context: _Context, dataset: Any, records: list[SampleRecord], progress: ProgressReporter, timing: dict[str, float]
+    context: _Context,
+    dataset: Any,
+    records: list[SampleRecord],
+    extras: dict[str, Any],
+    progress: ProgressReporter,
+    timing: dict[str, float],
 ) -> dict[str, Any]:
     from .analysis import certified_bracket, predictive_validity
     from .attacks import assess_reliability, summarize_threat_models
@@ -521,7 +529,8 @@ def _run_model_level_stages(
 
     tick = time.perf_counter()
     threat_results = summarize_threat_models(
-        records, context.threat_models, context.attack_names, context.skipped_attacks, {},
+        records, context.threat_models, context.attack_names,
+        {**context.skipped_attacks, **extras.get("skipped", {})}, extras.get("seconds", {}),
     )
     output["threat_models"] = threat_results
     output["flags"] = assess_reliability(
@@ -679,12 +688,6 @@ def _assemble(
     flags += list(model_level.get("flags", []))
 
     threat_models = model_level.get("threat_models", [])
-    for threat_model in threat_models:
-        threat_model.attack_seconds = {
-            name: seconds for name, seconds in extras.get("seconds", {}).items()
-        }
-        threat_model.skipped_attacks = {**context.skipped_attacks, **extras.get("skipped", {})}
-
     clean_accuracy = sum(record.correct for record in records) / max(len(records), 1)
     indices = ",".join(str(record.index) for record in records)
 
