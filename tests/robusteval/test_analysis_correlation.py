@@ -8,7 +8,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from robusteval.analysis import auroc, bootstrap_kendall, bootstrap_spearman, kendall, spearman
-from robusteval.analysis.correlation import PAIRWISE_KENDALL_MAX_SAMPLES, bootstrap_indices, kendall_rows
+from robusteval.analysis.correlation import bootstrap_indices, kendall_resampled
 
 
 def _correlated_data(seed: int, n: int = 60, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -92,21 +92,27 @@ def test_auroc_one_class_is_none() -> None:
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_kendall_rows_match_scipy(ties: bool) -> None:
-    x, y = _correlated_data(9, n=40, ties=ties)
+@pytest.mark.parametrize("n", [2, 40, 301])
+def test_kendall_resampled_matches_scipy(ties: bool, n: int) -> None:
+    x, y = _correlated_data(9, n=n, ties=ties)
     indices = bootstrap_indices(x.size, 70, np.random.default_rng(2))
 
-    batched = kendall_rows(x[indices], y[indices])
+    batched = kendall_resampled(x, y, indices)
 
     for row, value in zip(indices, batched):
-        assert value == pytest.approx(stats.kendalltau(x[row], y[row]).statistic, abs=1e-12)
+        expected = kendall(x[row], y[row])
+        if np.isnan(expected):
+            assert np.isnan(value)
+        else:
+            assert value == pytest.approx(expected, abs=1e-12)
 
 
-def test_bootstrap_kendall_paths_agree() -> None:
-    x, y = _correlated_data(10, n=PAIRWISE_KENDALL_MAX_SAMPLES + 1)
-    indices = bootstrap_indices(x.size, 20, np.random.default_rng(4))
-    looped = bootstrap_kendall(x, y, indices)
-    pairwise = np.array([kendall(x[row], y[row]) for row in indices])
+def test_bootstrap_kendall_percentiles_match_scipy() -> None:
+    x, y = _correlated_data(10, n=120)
+    indices = bootstrap_indices(x.size, 200, np.random.default_rng(4))
+    interval = bootstrap_kendall(x, y, indices)
+    per_resample = np.array([kendall(x[row], y[row]) for row in indices])
 
-    assert looped.lower == pytest.approx(np.percentile(pairwise, 2.5), abs=1e-12)
-    assert kendall_rows(x[indices], y[indices]) == pytest.approx(pairwise, abs=1e-12)
+    assert interval.lower == pytest.approx(np.percentile(per_resample, 2.5), abs=1e-12)
+    assert interval.upper == pytest.approx(np.percentile(per_resample, 97.5), abs=1e-12)
+    assert interval.valid_resamples == 200
