@@ -299,8 +299,8 @@ def _validate_inputs(x: np.ndarray, bounds: Bounds, name: str) -> np.ndarray:
         raise ValueError(
             f"Expected {name} within the bounds [{bounds.lower}, {bounds.upper}], but values range over "
             f"[{low}, {high}] in {len(rows)} sample(s) (rows {rows[:_LISTED].tolist()}). Scale the data "
-            "into the bounds, or declare the real range with --bounds LOWER UPPER; normalization belongs "
-            "inside the model."
+            "into the bounds, or declare the real range with --lower and --upper (bounds=(lower, upper) in "
+            "Python); normalization belongs inside the model."
         )
     return inputs.copy() if inputs is x else inputs
 

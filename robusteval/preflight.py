@@ -9,6 +9,7 @@ training flags and ``requires_grad``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ _RTOL = 1e-4
 _ATOL = 1e-5
 # Rows of the probe batch compared one at a time against the batched output.
 _SINGLE_ROWS = 4
+# Layer types whose output differs between train and eval mode (dropout and batch norm families).
+_TRAIN_MODE_LAYERS = re.compile(r"Dropout|BatchNorm")
 
 
 @dataclass(frozen=True)
@@ -140,25 +143,35 @@ def _check_finite_weights(model: nn.Module) -> None:
 
 
 def _train_mode_flags(model: nn.Module) -> list[Flag]:
-    if not any(module.training for module in model.modules()) or _eval_raises(model):
+    from .loading import modules_saved_in_train_mode
+
+    saved = set(modules_saved_in_train_mode(model))
+    handed_over = any(module.training for module in model.modules()) and not _eval_raises(model)
+    if not handed_over and not saved:
         return []
     affected = [
-        f"{name or '<root>'} ({type(module).__name__})"
+        f"{name or '<root>'} ({_layer_type(module)})"
         for name, module in model.named_modules()
-        if module.training and isinstance(module, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm))
+        if (module.training or name in saved) and _TRAIN_MODE_LAYERS.search(_layer_type(module))
     ]
     where = f" Modules that behave differently in train mode: {', '.join(affected[:_SINGLE_ROWS])}." if affected else ""
+    origin = "was handed over" if handed_over else "was saved"
     return [Flag(
         code="train_mode",
         severity="warning",
         message=(
-            "The model was handed over in train mode. robusteval evaluates it in eval mode, as if "
+            f"The model {origin} in train mode. robusteval evaluates it in eval mode, as if "
             f"model.eval() had been called, and leaves the original object unchanged.{where} "
             "Call model.eval() before saving to silence this warning."
         ),
         stage=STAGE,
         details={"train_mode_modules": affected},
     )]
+
+
+def _layer_type(module: nn.Module) -> str:
+    # A TorchScript submodule is a RecursiveScriptModule; `original_name` keeps its eager class name.
+    return str(getattr(module, "original_name", type(module).__name__))
 
 
 def _eval_raises(model: nn.Module) -> bool:
@@ -228,7 +241,7 @@ def _forward(model: nn.Module, batch: torch.Tensor, data: Dataset) -> torch.Tens
 
 
 def _forward_failure_message(model: nn.Module, batch: torch.Tensor, data: Dataset, error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = _error_summary(error)
     expected = _expected_input(model)
     expectation = f" The model's first layer expects {expected}." if expected else ""
     hint = ""
@@ -246,12 +259,25 @@ def _forward_failure_message(model: nn.Module, batch: torch.Tensor, data: Datase
     )
 
 
+def _error_summary(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    # The TorchScript interpreter puts two stack traces before the original error, which is the
+    # last line ("RuntimeError: mat1 and mat2 shapes cannot be multiplied (16x32 and 64x16)").
+    if lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        prefix = f"{type(error).__name__}: "
+        return lines[-1].removeprefix(prefix)
+    return lines[0]
+
+
 def _expected_input(model: nn.Module) -> str | None:
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        layer = _layer_type(module)
+        if isinstance(module, nn.Linear) or (layer == "Linear" and hasattr(module, "in_features")):
             return f"{module.in_features} input features (nn.Linear)"
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return f"{module.in_channels} input channels ({type(module).__name__})"
+        if isinstance(module, nn.modules.conv._ConvNd) or (layer.startswith("Conv") and hasattr(module, "in_channels")):
+            return f"{module.in_channels} input channels ({layer})"
     return None
 
 
@@ -321,22 +347,35 @@ def _check_labels(data: Dataset, num_classes: int) -> None:
 
 def _batch_size_flags(model: nn.Module, probe: torch.Tensor, batched: torch.Tensor, data: Dataset) -> list[Flag]:
     rows = range(min(_SINGLE_ROWS, len(probe)))
-    singles = torch.cat([_forward(model, probe[row:row + 1], data) for row in rows])
-    reference = batched[: len(singles)]
-    if torch.allclose(singles, reference, rtol=_RTOL, atol=_ATOL):
-        return []
-    difference = float((singles - reference).abs().max())
+    try:
+        singles = torch.cat([_forward(model, probe[row:row + 1], data) for row in rows])
+    except PreflightError as error:
+        # The batch passed, so a failure on one sample is itself a dependence on the batch, for
+        # example BatchNorm with batch statistics, which needs more than one value per channel.
+        cause = _error_summary(error.__cause__) if isinstance(error.__cause__, Exception) else str(error)
+        found = f"it accepts the probe batch of {len(probe)} samples but fails on a single sample ({cause})"
+        details: dict[str, Any] = {"single_sample_error": cause}
+    else:
+        reference = batched[: len(singles)]
+        if torch.allclose(singles, reference, rtol=_RTOL, atol=_ATOL):
+            return []
+        difference = float((singles - reference).abs().max())
+        found = (
+            f"evaluated alone, the first {len(singles)} samples differ from the batched outputs by up to {difference:.3g}"
+        )
+        details = {"max_abs_difference": difference, "rows_compared": len(singles)}
     return [Flag(
         code="batch_size_dependent",
         severity="error",
         message=(
-            f"The model's outputs for a sample depend on the rest of the batch: evaluated alone, the first "
-            f"{len(singles)} samples differ from the batched outputs by up to {difference:.3g}. Layers that "
+            f"The model's outputs for a sample depend on the rest of the batch: {found}. Layers that "
             "normalize over the batch (batch statistics, or BatchNorm forced into train mode) cause this; "
-            "attacks evaluate samples in batches of varying size, so their results would not be comparable."
+            "attacks evaluate samples in batches of varying size, so their results would not be comparable. "
+            "Normalize with statistics stored in the model (BatchNorm with track_running_stats=True, in eval "
+            "mode) or per sample, so that each output depends on its own input only."
         ),
         stage=STAGE,
-        details={"max_abs_difference": difference, "rows_compared": len(singles)},
+        details=details,
     )]
 
 

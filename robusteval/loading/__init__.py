@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import warnings
+import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from ._archives import MAX_PICKLE_BYTES, ZIP_READ_ERRORS, ArchiveInfo, classify_
 from ._pickle_scan import PickleScan, scan_pickle_bytes, scan_pickles
 from ._state_dict import CHECKPOINT_KEYS, build_from_state_dict, describe_checkpoint, is_state_dict
 
-__all__ = ["LoadedModel", "MODELS_DIR", "bundled_model_path", "load_model"]
+__all__ = ["LoadedModel", "MODELS_DIR", "bundled_model_path", "load_model", "modules_saved_in_train_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,13 @@ logger = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 ZOO_PREFIX = "zoo:"
 _BUNDLED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+# Formats whose files record each module's train/eval flag; a state_dict does not, and the
+# network built for it starts in train mode whatever the weights were trained with.
+_FORMATS_WITH_TRAINING_FLAG = frozenset({"torchscript", "pickle"})
+# Loaded module -> names of its submodules that were in train mode in the file, before
+# load_model switched them to eval mode. Weak keys, so the record dies with the module.
+_SAVED_IN_TRAIN_MODE: weakref.WeakKeyDictionary[nn.Module, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 _FORMATS_HELP = (
     "robusteval reads TorchScript archives (torch.jit.save), torch.export archives (.pt2), "
@@ -114,7 +122,24 @@ def load_model(
     _check_model_path(source)
     digest = file_sha256(source)
     module, model_format, architecture = _load_file(source, arch=arch, trust_pickle=trust_pickle)
-    return LoadedModel(_prepare_module(module, target), str(source), digest, model_format, architecture, source.name)
+    if model_format in _FORMATS_WITH_TRAINING_FLAG:
+        training = tuple(name for name, submodule in module.named_modules() if submodule.training)
+    else:
+        training = ()
+    prepared = _prepare_module(module, target)
+    if training:
+        _SAVED_IN_TRAIN_MODE[prepared] = training
+    return LoadedModel(prepared, str(source), digest, model_format, architecture, source.name)
+
+
+def modules_saved_in_train_mode(module: nn.Module) -> tuple[str, ...]:
+    """Return the names of ``module``'s submodules that were in train mode in the file it was loaded from.
+
+    ``load_model`` returns every model in eval mode, so the file's flags survive only here. The
+    root module's name is ``""``. Empty for models that did not come from ``load_model``, and for
+    state_dicts, which carry no train/eval flag.
+    """
+    return _SAVED_IN_TRAIN_MODE.get(module, ())
 
 
 def file_sha256(path: Path) -> str:
