@@ -21,5 +21,6 @@ from . import report as _report  # noqa: F401
 from . import compare as _compare  # noqa: F401
 from . import gate as _gate  # noqa: F401
 from . import zoo as _zoo  # noqa: F401
+from . import inspect as _inspect  # noqa: F401
 
 __all__ = ["app", "main"]

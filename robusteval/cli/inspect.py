@@ -1,0 +1,71 @@
+"""``robusteval inspect``: what robusteval sees in a model file, and whether it is ready to evaluate."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from ._app import app, configure_logging, console, handle_errors
+
+
+@app.command()
+def inspect(
+    model: str = typer.Argument(..., help="Model file, or zoo:<name> for a bundled model."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Also run the preflight checks on this data ('digits', .npz, .pt)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for state_dict files, for example 'mlp:64-128-10'."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a fully pickled model (runs code from the file)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log details to standard error."),
+) -> None:
+    """Show a model's format, size and layers, which geometry path applies, and preflight findings."""
+    from ..architectures import count_parameters, is_piecewise_linear
+    from ..data import load_data
+    from ..geometry import recover_chain
+    from ..loading import load_model
+    from ..preflight import preflight
+
+    configure_logging(verbose)
+    with handle_errors():
+        loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
+        network = loaded.module
+        summary = Table.grid(padding=(0, 2))
+        summary.add_column(style="bold", no_wrap=True)
+        summary.add_column(overflow="fold")
+        summary.add_row("file", Text(loaded.path))
+        summary.add_row("sha256", loaded.sha256)
+        summary.add_row("format", loaded.format)
+        if loaded.architecture:
+            summary.add_row("architecture", Text(loaded.architecture))
+        summary.add_row("parameters", f"{count_parameters(network):,}")
+        summary.add_row("piecewise linear", "yes" if is_piecewise_linear(network) else "no (or not inspectable)")
+
+        flags = []
+        if data is not None:
+            dataset = load_data(data)
+            report = preflight(network, dataset)
+            summary.add_row("classes", str(report.num_classes))
+            summary.add_row("data", Text(f"{dataset.name}: {len(dataset.y)} samples of shape {tuple(dataset.x.shape[1:])}"))
+            chain = recover_chain(network, dataset.x[:8])
+            path = "exact closed form (Linear/ReLU chain)" if chain is not None else "forward-over-reverse products"
+            summary.add_row("tangent sensitivity", path)
+            flags = report.flags
+        console.print(summary)
+
+        layers = Table(title="Layers", title_justify="left")
+        layers.add_column("name")
+        layers.add_column("type")
+        layers.add_column("parameters", justify="right")
+        for name, module in network.named_modules():
+            if name and not any(True for _ in module.children()):
+                kind = str(getattr(module, "original_name", type(module).__name__))
+                count = sum(parameter.numel() for parameter in module.parameters(recurse=False))
+                layers.add_row(Text(name), Text(kind), f"{count:,}")
+        if layers.row_count:
+            console.print(layers)
+
+        for flag in flags:
+            console.print(Text(f"[{flag.severity}] {flag.code}: {flag.message}"))
+        if data is not None and not flags:
+            console.print(Text("preflight: no findings", style="green"))

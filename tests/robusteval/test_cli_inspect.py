@@ -1,0 +1,38 @@
+"""`robusteval inspect`: format, layers and preflight findings of a model file."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from robusteval.cli import app
+
+runner = CliRunner()
+
+
+def test_inspect_bundled_model_with_data():
+    result = runner.invoke(app, ["inspect", "zoo:demo", "--data", "digits"])
+    assert result.exit_code == 0, result.output
+    assert "mlp:64-64-64-10" in result.output
+    assert "8,970" in result.output
+    assert "exact closed form" in result.output
+    assert "preflight: no findings" in result.output
+
+
+def test_inspect_reports_train_mode_flag(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).train()
+    path = tmp_path / "train_mode.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+    result = runner.invoke(app, ["inspect", str(path), "--data", "digits"])
+    assert result.exit_code == 0, result.output
+    assert "torchscript" in result.output
+    assert "train_mode" in result.output
+
+
+def test_inspect_rejects_non_model_file(tmp_path):
+    path = tmp_path / "page.pt"
+    path.write_text("<html><body>Not Found</body></html>")
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 2
+    assert "HTML" in result.output or "html" in result.output
