@@ -8,6 +8,7 @@ leave the evaluation possible (train mode, probability outputs) must not fail th
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
@@ -28,7 +29,7 @@ from robusteval.architectures import build_architecture
 from robusteval.cli import app
 from robusteval.digits import digits_split
 
-# Options every run in this file shares: few samples, one cheap attack, no parameter space.
+# Options every run in this file shares: few samples, no parameter space, no HTML, few bootstrap resamples.
 FAST_OPTIONS = ("--samples", "8", "--no-parameter-space", "--no-html", "--bootstrap", "10")
 EXIT_BAD_INPUT = 2
 # Importable module with architecture factories for state_dict files (--arch MODULE:FACTORY).
@@ -473,8 +474,6 @@ def test_train_mode_model_runs_with_flag(tmp_path: Path) -> None:
 
 
 def test_probability_outputs_run_with_flag(tmp_path: Path, factory_module: str) -> None:
-    import importlib
-
     factories = importlib.import_module(factory_module)
     path = tmp_path / "softmax.pt"
     torch.manual_seed(0)
