@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from robusteval._types import Bounds, Norm
+from robusteval.devices import check_model_device
 from robusteval.progress import NullProgress, ProgressReporter
 from robusteval.results import Flag, SampleRecord, ThreatModelResult
 from robusteval.seeding import derive_seed, seeded
@@ -119,11 +120,18 @@ def run_input_attacks(
         budget: iteration budgets; defaults to :class:`AttackBudget()`.
 
     Raises:
-        ValueError, TypeError: invalid inputs, labels, bounds, threat models or attack names.
+        ValueError, TypeError: invalid inputs, labels, bounds, threat models or attack names, or
+            a model, inputs and labels that are not on one device.
     """
     threat_models = list(threat_models)
     bounds = Bounds(float(bounds[0]), float(bounds[1]))
     _check_arguments(x, y, threat_models, bounds)
+    check_model_device(model, x)
+    if y.device != x.device:
+        raise ValueError(
+            f"Expected the labels on the device of the inputs, but the inputs are on {x.device} and the labels "
+            f"on {y.device}. Move both with .to(device)."
+        )
     budget = budget if budget is not None else AttackBudget()
     progress = progress if progress is not None else NullProgress()
 

@@ -38,3 +38,7 @@ class ResumeError(RobustEvalError):
 
 class ResultsFormatError(RobustEvalError):
     """A results file is not valid JSON of a schema version robusteval can read."""
+
+
+class DistributedError(RobustEvalError):
+    """A process of a multi-process run could not join its group, or a peer failed or timed out."""

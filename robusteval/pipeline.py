@@ -17,6 +17,8 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +30,7 @@ from torch import nn
 
 from . import __version__
 from ._types import Bounds, Norm
+from .devices import check_model_device, resolve_device
 from .distributed import DistributedContext
 from .eager import eager_equivalent
 from .progress import NullProgress, ProgressReporter
@@ -156,18 +159,21 @@ def evaluate(
     started = time.perf_counter()
     timing: dict[str, float] = {}
 
-    context, loaded_model, dataset = _prepare(config, timing)
+    with _current_cuda_device(config.device):
+        context, loaded_model, dataset = _prepare(config, timing)
 
-    run_directory = RunDirectory(out_dir) if out_dir is not None else None
-    if run_directory is not None and world.is_main:
-        run_directory.prepare(config.fingerprint(), resume=resume, force=force)
-    world.barrier()
+        run_directory = RunDirectory(out_dir) if out_dir is not None else None
+        if run_directory is not None:
+            # Rank 0 alone creates or clears the directory; the other ranks wait for it here,
+            # so none reads partial/ before it exists, and all stop if rank 0 cannot prepare it.
+            prepare_directory = run_directory.prepare
+            world.run_on_main(lambda: prepare_directory(config.fingerprint(), resume=resume, force=force))
 
-    records, block_extras = _run_blocks(context, run_directory, world, progress, timing)
-    if not world.is_main:
-        return _assemble(context, loaded_model, dataset, records, block_extras, {}, timing, command, world)
+        records, block_extras = _run_blocks(context, run_directory, world, progress, timing)
+        if not world.is_main:
+            return _assemble(context, loaded_model, dataset, records, block_extras, {}, timing, command, world)
 
-    model_level = _run_model_level_stages(context, dataset, records, block_extras, progress, timing)
+        model_level = _run_model_level_stages(context, dataset, records, block_extras, progress, timing)
     timing["total_seconds"] = time.perf_counter() - started
     results = _assemble(context, loaded_model, dataset, records, block_extras, model_level, timing, command, world)
 
@@ -175,6 +181,14 @@ def evaluate(
         save_results(results, run_directory.results_path)
         run_directory.finish()
     return results
+
+
+@contextmanager
+def _current_cuda_device(name: str) -> Iterator[None]:
+    """Make the run's GPU torch's current CUDA device, so that plain ``cuda`` tensors land on it too."""
+    device = resolve_device(name)
+    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+        yield
 
 
 def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Context, Any, Any]:
@@ -196,6 +210,7 @@ def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Conte
     rows = np.arange(count)
     x = dataset.x[:count].to(device)
     y = dataset.y[:count].to(device)
+    check_model_device(loaded.module, x, what="data")
 
     threat_models = parse_eps_options(config.eps) if config.eps else default_threat_models(tuple(x.shape[1:]), dataset.bounds)
     attack_spec = config.attacks if isinstance(config.attacks, str) else list(config.attacks)
@@ -251,24 +266,6 @@ def _default_tangent_shift_epsilon(model: nn.Module, x: torch.Tensor, bounds: Bo
     return float(finite.median()) if len(finite) else 0.1
 
 
-def resolve_device(name: str) -> torch.device:
-    """Return the torch device ``name``, raising ValueError when it is not available here."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"Expected --device to be 'cpu', 'cuda' or 'cuda:N', but got {name!r}.") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} was requested but CUDA is not available on this machine. Use --device cpu.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"--device {name} was requested but only {torch.cuda.device_count()} CUDA device(s) exist."
-            )
-    elif device.type != "cpu":
-        raise ValueError(f"Expected --device to be 'cpu', 'cuda' or 'cuda:N', but got {name!r}.")
-    return device
-
-
 def _block_starts(context: _Context) -> list[int]:
     return list(range(0, len(context.rows), context.config.block_size))
 
@@ -287,7 +284,7 @@ def _run_blocks(
     progress.start("samples", sum(min(context.config.block_size, len(context.rows) - s) for s in mine))
 
     records: list[SampleRecord] = []
-    extras: dict[str, Any] = {}
+    extras: list[tuple[int, dict[str, Any]]] = []
     for start in mine:
         stop = min(start + context.config.block_size, len(context.rows))
         block_records = run_directory.load_block(start) if run_directory is not None else None
@@ -298,15 +295,18 @@ def _run_blocks(
             if run_directory is not None:
                 run_directory.save_block(start, block_records, block_extra)
         records.extend(block_records)
-        _merge_extra(extras, block_extra)
+        extras.append((start, block_extra))
         progress.advance("samples", stop - start)
     progress.finish("samples")
 
-    gathered_records, gathered_extras = world.gather_blocks(records, extras)
-    if world.is_main:
-        gathered_records.sort(key=lambda record: record.index)
-        return gathered_records, gathered_extras
-    return records, extras
+    # Sorting by row and merging in block order makes rank 0's result independent of how the
+    # blocks were spread over ranks; the other ranks keep only their own blocks.
+    records, extras = world.gather_blocks(records, extras)
+    records.sort(key=lambda record: record.index)
+    merged: dict[str, Any] = {}
+    for _, block_extra in sorted(extras, key=lambda item: item[0]):
+        _merge_extra(merged, block_extra)
+    return records, merged
 
 
 def _merge_extra(total: dict[str, Any], block: dict[str, Any]) -> None:
@@ -351,14 +351,15 @@ def _evaluate_block(
     )
     _add_time(timing, "input_attack_seconds", tick)
 
-    regions_crossed = _regions_crossed(context, x, outcome, timing)
+    walk_flags: list[Flag] = []
+    regions_crossed = _regions_crossed(context, x, outcome, walk_flags, timing)
     parameter = _per_sample_parameter_space(context, x, geometry, start, timing) if context.parameter_model is not None else {}
 
     records = _build_records(context, start, stop, geometry, outcome, regions_crossed, parameter)
     extra = {
         "geometry_method": geometry.method,
         "geometry_probes": geometry.probes,
-        "flags": [asdict(flag) for flag in outcome.flags],
+        "flags": [asdict(flag) for flag in [*outcome.flags, *walk_flags]],
         "seconds": {norm: dict(by_attack) for norm, by_attack in outcome.seconds_per_norm.items()},
         "skipped": dict(outcome.skipped),
     }
@@ -369,12 +370,20 @@ def _add_time(timing: dict[str, float], key: str, tick: float) -> None:
     timing[key] = timing.get(key, 0.0) + time.perf_counter() - tick
 
 
-def _regions_crossed(context: _Context, x: torch.Tensor, outcome: Any, timing: dict[str, float]) -> dict[str, list[int | None]]:
+def _regions_crossed(
+    context: _Context, x: torch.Tensor, outcome: Any, flags: list[Flag], timing: dict[str, float]
+) -> dict[str, list[int | None]]:
+    """Count the regions between each sample and its closest adversarial example, per norm.
+
+    Appends a flag to ``flags`` instead of the run's own list, so that it travels with the
+    block's saved extras to rank 0 and into resumed runs.
+    """
     from .analysis import count_regions_crossed
 
     tick = time.perf_counter()
     crossed: dict[str, list[int | None]] = {}
-    for norm, adversarial in outcome.adversarial_examples.items():
+    for norm, examples in outcome.adversarial_examples.items():
+        adversarial = examples.to(x.device)  # the attack stage returns its examples on the CPU
         found = torch.isfinite(adversarial.flatten(1)).all(dim=1)
         counts: list[int | None] = [None] * len(x)
         if bool(found.any()):
@@ -382,7 +391,7 @@ def _regions_crossed(context: _Context, x: torch.Tensor, outcome: Any, timing: d
                 values = count_regions_crossed(context.model, x[found], adversarial[found])
             except ValueError as error:
                 # Models whose ReLUs cannot be located have no region walk; say so once.
-                context.flags.append(Flag("region_walk_unavailable", "info", str(error), "analysis"))
+                flags.append(Flag("region_walk_unavailable", "info", str(error), "analysis"))
                 return {}
             for position, value in zip(torch.nonzero(found).flatten().tolist(), values.tolist()):
                 counts[position] = int(value)

@@ -24,15 +24,19 @@ def derive_seed(seed: int, *keys: object) -> int:
 
 @contextmanager
 def seeded(seed: int, devices: list[int] | None = None) -> Iterator[torch.Generator]:
-    """Seed torch (CPU and the given CUDA devices), numpy and ``random`` for the ``with`` body.
+    """Seed torch (CPU and every CUDA device), numpy and ``random`` for the ``with`` body.
 
     The global random states are restored on exit, so that seeding one stage does not change
-    the numbers another stage draws. Yields a CPU ``torch.Generator`` seeded with ``seed`` for
-    code that takes an explicit generator.
+    the numbers another stage draws. ``devices`` lists the CUDA devices whose states are
+    restored; by default every visible one once CUDA is initialized, and none before. Yields a
+    CPU ``torch.Generator`` seeded with ``seed`` for code that takes an explicit generator.
     """
     numpy_state = np.random.get_state()
     python_state = random.getstate()
-    cuda_devices = devices if devices is not None else []
+    if devices is not None:
+        cuda_devices = devices
+    else:
+        cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)

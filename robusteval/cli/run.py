@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -12,7 +11,7 @@ from typing import Optional
 import typer
 
 from ..pipeline import EvaluationConfig
-from ._app import EXIT_BAD_INPUT, app, configure_logging, console, fail, handle_errors
+from ._app import app, configure_logging, console, error_console, fail, handle_errors
 from ._progress import RichProgress
 
 
@@ -41,18 +40,19 @@ def run(
     memory_budget_mib: int = typer.Option(2048, "--memory-budget", min=16, help="Memory the geometry stage may use at once, in MiB."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     force: bool = typer.Option(False, "--force", help="Overwrite results already in --out."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes to shard the samples over (launches torchrun with the gloo or NCCL backend)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes to shard the samples over on this machine (launches torchrun; gloo backend on the CPU, NCCL with --device cuda, one GPU per process)."),
+    worker_timeout: float = typer.Option(1800.0, "--worker-timeout", min=1.0, help="Seconds a process of a multi-process run waits for the others (joining, and gathering the results) before it stops with an error."),
     html: bool = typer.Option(True, "--html/--no-html", help="Write DIR/report.html."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to standard error (-vv for debug)."),
 ) -> None:
     """Evaluate one model: geometry, attacks, parameter space, bounds; print the report and write results."""
     configure_logging(verbose)
-    if workers > 1 and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_launch_workers(workers))
-
     with handle_errors():
         if resume and force:
             fail("--resume and --force cannot be combined: --resume keeps finished blocks, --force discards them.")
+        if workers > 1 and "WORLD_SIZE" not in os.environ:
+            _check_workers(workers, device)
+            raise typer.Exit(_launch_workers(workers))
         bounds = None
         if lower is not None or upper is not None:
             bounds = (0.0 if lower is None else lower, 1.0 if upper is None else upper)
@@ -63,22 +63,24 @@ def run(
             ts_method=ts_method, probes=probes, noise_draws=noise_draws, weight_steps=weight_steps,
             tangent_shift_epsilon=tangent_shift_epsilon, bootstrap=bootstrap, block_size=block_size, memory_budget=memory_budget_mib * 2**20,
         )
-        execute_run(config, out, resume=resume, force=force, html=html)
+        execute_run(config, out, resume=resume, force=force, html=html, worker_timeout=worker_timeout)
 
 
-def execute_run(config: EvaluationConfig, out: Path, *, resume: bool, force: bool, html: bool) -> None:
-    """Run the evaluation with progress bars, then print the report and write the files."""
-    from ..distributed import DistributedContext, cuda_device_for_rank
+def execute_run(
+    config: EvaluationConfig, out: Path, *, resume: bool, force: bool, html: bool, worker_timeout: float = 1800.0
+) -> None:
+    """Run the evaluation with progress bars, then print the report and write the files.
+
+    Under torchrun, this process joins the group first; with a CUDA device that also makes
+    ``cuda:LOCAL_RANK`` its current GPU, which plain ``--device cuda`` then resolves to.
+    """
+    from ..distributed import DistributedContext
     from ..pipeline import evaluate
     from ..reports.terminal import render
 
     command = "robusteval " + " ".join(shlex.quote(argument) for argument in sys.argv[1:])
-    world = DistributedContext.from_environment(config.device)
+    world = DistributedContext.from_environment(config.device, timeout_seconds=worker_timeout)
     try:
-        if world.active:
-            from dataclasses import replace
-
-            config = replace(config, device=cuda_device_for_rank(config.device, world))
         check_before_run(config)
         with RichProgress(console, enabled=world.is_main) as progress:
             results = evaluate(config, out_dir=out, resume=resume, force=force, progress=progress,
@@ -154,9 +156,30 @@ def _check_named_attacks(spec: str | tuple[str, ...], num_classes: int) -> None:
         )
 
 
-def _launch_workers(workers: int) -> int:
-    """Re-run this command under ``torchrun`` with ``workers`` processes and return its exit code."""
-    arguments = [argument for argument in sys.argv[1:]]
+def _check_workers(workers: int, device: str) -> None:
+    """Raise before launching when ``workers`` processes cannot run on ``device`` on this machine."""
+    import torch
+
+    from ..devices import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type != "cuda":
+        return
+    if device != "cuda":
+        raise ValueError(
+            f"Expected --device cuda with --workers {workers}, but got --device {device}, which puts every "
+            "process on one GPU; NCCL needs one GPU per process. Pass --device cuda, and choose the GPUs with "
+            "CUDA_VISIBLE_DEVICES."
+        )
+    if workers > torch.cuda.device_count():
+        raise ValueError(
+            f"Expected at most one process per GPU, but --workers {workers} asks for {workers} processes and "
+            f"only {torch.cuda.device_count()} CUDA device(s) are visible. Lower --workers."
+        )
+
+
+def worker_arguments(arguments: list[str]) -> list[str]:
+    """Return the command-line ``arguments`` without ``--workers N``, for the processes torchrun starts."""
     cleaned: list[str] = []
     skip = False
     for argument in arguments:
@@ -169,9 +192,31 @@ def _launch_workers(workers: int) -> int:
         if argument.startswith("--workers="):
             continue
         cleaned.append(argument)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
-               "-m", "robusteval", *cleaned]
+    return cleaned
+
+
+def _launch_workers(workers: int) -> int:
+    """Re-run this command under torchrun with ``workers`` local processes and return its exit code.
+
+    torchrun's agent runs in this process, so that the exit code of the first process that
+    failed (2 for bad input) becomes this command's exit code instead of torchrun's generic 1.
+    When one process fails, the agent stops the others. ``--standalone`` keeps the rendezvous
+    on localhost.
+
+    NOTE: the arguments come from ``sys.argv``, so ``--workers`` works from the console script
+    and ``python -m robusteval``, not from an in-process call of the typer app.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    launch = ["--standalone", f"--nproc-per-node={workers}", "-m", "robusteval", *worker_arguments(sys.argv[1:])]
     try:
-        return subprocess.call(command)
-    except OSError as error:
-        fail(f"Could not start torchrun for --workers {workers}: {error}.", EXIT_BAD_INPUT)
+        run(parse_args(launch))
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        # A negative exit code is the signal that ended the process.
+        code = failure.exitcode if failure.exitcode > 0 else 1
+        error_console.print(f"[bold red]error:[/] worker {rank} of {workers} exited with code {failure.exitcode}; "
+                            "its message is above.", highlight=False)
+        return code
+    return 0

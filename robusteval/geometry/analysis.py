@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vmap
 
 from .._types import NORMS, Bounds, Norm
+from ..devices import check_model_device
 from .chain import ReluChain, recover_chain
 from .closed_form import LocalLinearPiece, chain_analysis
 from .generic import generic_analysis
@@ -97,8 +98,8 @@ def local_linear_analysis(
 
     Raises:
         TypeError: for integer inputs.
-        ValueError: for inputs without a batch dimension or outputs that are not ``(N, K)``
-            logits with ``K >= 2``.
+        ValueError: for inputs without a batch dimension, a model on another device than ``x``
+            (the message names both), or outputs that are not ``(N, K)`` logits with ``K >= 2``.
     """
     if isinstance(model, torch.export.ExportedProgram):
         model = model.module()
@@ -107,6 +108,7 @@ def local_linear_analysis(
     if x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"Expected x of shape (N, ...) with N >= 1, but got {tuple(x.shape)}.")
     x = x.detach()
+    check_model_device(model, x)
 
     validate_arguments(method, probes, memory_budget)
 
@@ -135,7 +137,7 @@ def local_linear_analysis(
             region[norm] = torch.full((n,), math.nan, dtype=x.dtype, device=x.device)
         else:
             norms = piece.unit_gradient_l2 if norm == "l2" else piece.unit_gradient_l1
-            region[norm] = region_distance(piece.preactivations, norms, batch_size=n, dtype=x.dtype)
+            region[norm] = region_distance(piece.preactivations, norms, batch_size=n, dtype=x.dtype, device=x.device)
         decision = linear_decision_distance(logits, piece.input_jacobian, predictions, norm)
         decision_distance[norm] = decision.distance
         decision_class[norm] = decision.decision_class
@@ -146,7 +148,7 @@ def local_linear_analysis(
     runner_up = logits.masked_fill(nn.functional.one_hot(predictions, logits.shape[1]).bool(), -torch.inf).argmax(dim=1)
     margin_gradient = piece.input_jacobian[rows, predictions] - piece.input_jacobian[rows, runner_up]
     patterns = [z > 0 for z in piece.preactivations or []]
-    active = torch.stack([p.sum(dim=1) for p in patterns], dim=1) if patterns else torch.zeros(n, 0, dtype=torch.int64)
+    active = torch.stack([p.sum(dim=1) for p in patterns], dim=1) if patterns else torch.zeros(n, 0, dtype=torch.int64, device=x.device)
 
     return GeometryResult(
         logits=logits,

@@ -53,9 +53,10 @@ def generic_tangent_sensitivity(
         x: inputs ``(N, ...)``.
         exact: sum over all ``d`` input directions instead of drawing ``probes`` Gaussian ones.
         probes: number ``S`` of Gaussian probes per sample for the Hutchinson estimate.
-        generator: source of the probes; the global generator when ``None``.
+        generator: source of the probes, on any device; the global CPU generator when ``None``.
         memory_budget: bytes that one vectorized chunk of (sample, direction) items may use.
     """
+    draw_device = generator.device if generator is not None else torch.device("cpu")
     module = eager_equivalent(model, x)
     params = {name: p.detach() for name, p in module.named_parameters()}
     buffers = {name: b.detach() for name, b in module.named_buffers()}
@@ -93,9 +94,11 @@ def generic_tangent_sensitivity(
             directions = torch.eye(d, dtype=x.dtype, device=x.device).reshape(d, *sample_shape)
             directions = directions.expand(samples.shape[0], *directions.shape)
         else:
+            # Drawn where the generator lives (the CPU by default), so that a seed gives the same
+            # probes whichever device x is on.
             directions = torch.randn(
-                samples.shape[0], probes, *sample_shape, generator=generator, dtype=x.dtype, device=x.device
-            )
+                samples.shape[0], probes, *sample_shape, generator=generator, dtype=x.dtype, device=draw_device
+            ).to(x.device)
         chunks = [
             per_sample(samples, directions[:, begin:begin + items_per_chunk])
             for begin in range(0, num_directions, items_per_chunk)

@@ -18,7 +18,12 @@ from .._types import Bounds, Norm
 
 
 def region_distance(
-    preactivations: list[Tensor], unit_gradient_norms: list[Tensor], *, batch_size: int, dtype: torch.dtype
+    preactivations: list[Tensor],
+    unit_gradient_norms: list[Tensor],
+    *,
+    batch_size: int,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
     """Return ``min_i |z_i| / ||g_i||_*`` per sample, ``(N,)``.
 
@@ -27,13 +32,14 @@ def region_distance(
         unit_gradient_norms: the dual norms ``||g_i||_*`` in the same layout.
         batch_size: ``N``, needed when there are no hidden units.
         dtype: dtype of the result when there are no hidden units.
+        device: device of the result when there are no hidden units.
 
     Returns:
         ``(N,)`` distances; ``inf`` where no unit can change state (no hidden units, or every
         unit has a zero gradient).
     """
     if not preactivations:
-        return torch.full((batch_size,), torch.inf, dtype=dtype)
+        return torch.full((batch_size,), torch.inf, dtype=dtype, device=device)
     z = torch.cat(preactivations, dim=1)
     norms = torch.cat(unit_gradient_norms, dim=1)
     distances = torch.where(norms > 0, z.abs() / norms, torch.full_like(z, torch.inf))

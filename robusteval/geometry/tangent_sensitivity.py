@@ -55,7 +55,7 @@ def tangent_sensitivity(
         x: inputs ``(N, ...)`` in the dtype the model computes in.
         method: ``"auto"``, ``"closed_form"``, ``"exact"`` or ``"hutchinson"`` (module docstring).
         probes: Gaussian probes per sample for ``"hutchinson"``. Defaults to 64.
-        generator: random source of the probes. Defaults to the global generator.
+        generator: random source of the probes, on any device. Defaults to the global CPU generator.
         memory_budget: bytes the working set of one chunk of samples may use. Defaults to 2 GiB.
 
     Returns:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +15,6 @@ from torch import nn
 
 from robusteval.digits import digits_split
 from robusteval.pipeline import EvaluationConfig, evaluate
-from robusteval.results import load_results
 
 # Timing and provenance fields differ between two runs of the same configuration.
 VOLATILE_KEYS = {"timing", "created", "command", "attack_seconds", "seconds"}
@@ -170,26 +167,3 @@ def test_existing_results_refused_without_force(model_file, results):
     assert completed.returncode == 2
     assert "--force" in completed.stderr
     assert (out / "results.json").read_bytes() == before
-
-
-@pytest.mark.slow
-def test_two_gloo_processes_equal_one(model_file, results, tmp_path):
-    evaluated, _ = results
-    out = tmp_path / "sharded"
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "robusteval",
-         *cli_arguments(model_file, out), "--no-parameter-space"],
-        capture_output=True, text=True, timeout=900, env=environment,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    sharded = load_results(out / "results.json")
-    assert sharded.environment.world_size == 2
-    assert [s.index for s in sharded.samples] == [s.index for s in evaluated.samples]
-    for a, b in zip(evaluated.samples, sharded.samples):
-        assert a.tangent_sensitivity == pytest.approx(b.tangent_sensitivity, rel=1e-6)
-        assert a.min_adversarial_distance.l2 == pytest.approx(b.min_adversarial_distance.l2, rel=1e-5, nan_ok=True)
-        assert a.robust == b.robust
-    for a, b in zip(evaluated.threat_models, sharded.threat_models):
-        assert a.robust_accuracy == b.robust_accuracy
-    assert math.isclose(evaluated.clean_accuracy, sharded.clean_accuracy)
