@@ -94,6 +94,15 @@ class ImageView(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.model(self.from_images(images))
 
+    def train(self, mode: bool = True) -> ImageView:
+        """Set only the wrapper's flag: torchattacks toggles it, but the model must stay in eval mode.
+
+        Calling ``train`` or ``eval`` on the wrapped model would also fail for ``torch.export``
+        programs, which raise ``NotImplementedError`` on both.
+        """
+        self.training = mode
+        return self
+
 
 def _backend_norm(norm: Norm) -> str:
     return "Linf" if norm == "linf" else "L2"
@@ -112,8 +121,6 @@ def _run_on_images(attack: torchattacks.attack.Attack, view: ImageView, x: Tenso
 
 
 def _view(model: nn.Module, x: Tensor, context: AttackContext) -> ImageView:
-    # torchattacks restores the wrapper's training flag after each attack, and ``train()`` on
-    # the wrapper reaches the model, so the wrapper must start in eval mode like the model.
     return ImageView(model, tuple(x.shape[1:]), context.bounds, x.device).eval()
 
 

@@ -30,7 +30,7 @@ from robusteval.results import Flag, SampleRecord, ThreatModelResult
 from robusteval.seeding import derive_seed, seeded
 
 from .adapters import ATTACKS, AttackBudget, AttackContext, AttackResult, AttackSpec
-from .recheck import RecheckResult, evaluation_mode, recheck_adversarial
+from .recheck import RecheckResult, evaluation_mode, recheck_adversarial, set_eval_mode
 from .suites import resolve_attacks
 from .threat_models import ThreatModel, epsilon_with_tolerance, success_at_epsilons
 
@@ -230,7 +230,7 @@ def _run_once(
     )
     with seeded(run_context.seed), torch.enable_grad():
         result = spec.run(model, inputs, labels, norm, epsilon, run_context)
-    model.eval()  # in case the adapter changed the mode
+    set_eval_mode(model)  # in case the adapter changed the mode
     _check_result(result, inputs, spec.name)
 
     check = recheck_adversarial(

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from robusteval.modes import set_eval_mode
+
 from robusteval._types import Bounds, Norm
 
 from .threat_models import epsilon_with_tolerance, perturbation_norm
@@ -55,7 +57,7 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode with parameter gradients off; restore both on exit."""
     modes = [(module, module.training) for module in model.modules()]
     gradients = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
-    model.eval()
+    set_eval_mode(model)
     for parameter, _ in gradients:
         parameter.requires_grad_(False)
     try:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from robusteval.modes import set_eval_mode
 from torch.func import functional_call
 
 from robusteval.seeding import derive_seed
@@ -105,7 +107,7 @@ def adversarial_weight_curve(
 
     accuracy = []
     with preserved_state(model):
-        model.eval()
+        set_eval_mode(model)
         parameters = parameter_tensors(model)
         norms = tensor_norms(parameters)
         labels = y.to(next(iter(parameters.values())).device)
@@ -184,7 +186,7 @@ def adversarial_weight_radius(
     check_positive("step_size", relative_step)
 
     with preserved_state(model):
-        model.eval()
+        set_eval_mode(model)
         parameters = parameter_tensors(model)
         norms = tensor_norms(parameters)
         clean = predictions(model, parameters, x, batch_size=512)

@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from robusteval.modes import set_eval_mode
 from torch.func import functional_call
 
 from robusteval._types import Bounds, Norm
@@ -149,7 +151,7 @@ def single_example_update_attack(
     check_count("batch_size", batch_size)
 
     with preserved_state(model):
-        model.eval()
+        set_eval_mode(model)
         parameters = parameter_tensors(model)
         target = int(predictions(model, parameters, example, batch_size=1)[0])
         original = predictions(model, parameters, x_eval, batch_size)

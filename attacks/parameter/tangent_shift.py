@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from robusteval.modes import set_eval_mode
 from torch.func import functional_call
 
 from robusteval.results import TangentShiftRecord
@@ -141,7 +143,7 @@ def tangent_shift(
     distance = _per_sample_tensor("region_distance", region_distance, count)
 
     with preserved_state(model):
-        model.eval()
+        set_eval_mode(model)
         parameters = parameter_tensors(model)
         outputs = logits(model, parameters, x, batch_size=512)
         predicted = outputs.argmax(dim=1)

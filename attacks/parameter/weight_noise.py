@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from robusteval.modes import set_eval_mode
+
 from robusteval.seeding import derive_seed
 
 from ._functional import (
@@ -134,7 +136,7 @@ def weight_noise_curve(
     check_count("batch_size", batch_size)
 
     with preserved_state(model):
-        model.eval()
+        set_eval_mode(model)
         parameters = parameter_tensors(model)
         unit = noise_unit(parameters, mode)
         clean = predictions(model, parameters, x, batch_size)
@@ -208,7 +210,7 @@ def noise_sharpness(
         raise ValueError(f"Expected drop in (0, 1], but got {drop!r}.")
 
     with preserved_state(model):
-        model.eval()
+        set_eval_mode(model)
         parameters = parameter_tensors(model)
         unit = noise_unit(parameters, mode)
         directions = [noise_direction(parameters, seed, draw) for draw in range(draws)]
@@ -300,7 +302,7 @@ def weight_noise_radius(
         raise ValueError(f"Expected bisection_steps to be an integer >= 0, but got {bisection_steps!r}.")
 
     with preserved_state(model):
-        model.eval()
+        set_eval_mode(model)
         parameters = parameter_tensors(model)
         unit = noise_unit(parameters, mode)
         directions = [noise_direction(parameters, seed, draw) for draw in range(draws)]

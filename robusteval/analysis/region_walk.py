@@ -16,6 +16,8 @@ import warnings
 
 import torch
 from torch import Tensor, nn
+
+from ..modes import set_eval_mode
 from torch.func import jvp
 
 from ..geometry import preactivation_runner
@@ -55,7 +57,8 @@ def count_regions_crossed(model: nn.Module, x: Tensor, x_adv: Tensor) -> Tensor:
         # Converting a copied TorchScript module reads the .grad of parameters that torch 2.13
         # reports as non-leaf tensors; the walk never uses gradients, so the warning is noise.
         warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf", category=UserWarning)
-        walker = copy.deepcopy(model).to(torch.float64).eval()
+        walker = copy.deepcopy(model).to(torch.float64)
+    set_eval_mode(walker)
     runner = preactivation_runner(walker)
 
     start = x.detach().to(torch.float64)

@@ -210,7 +210,7 @@ def test_inputs_outside_bounds():
     message = str(raised.value)
     assert "within the bounds [0.0, 1.0]" in message
     assert "rows [3]" in message
-    assert "--bounds" in message
+    assert "--lower and --upper" in message
 
 
 def test_float_labels_name_fix():
