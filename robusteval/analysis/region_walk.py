@@ -57,6 +57,8 @@ def count_regions_crossed(model: nn.Module, x: Tensor, x_adv: Tensor) -> Tensor:
         # Converting a copied TorchScript module reads the .grad of parameters that torch 2.13
         # reports as non-leaf tensors; the walk never uses gradients, so the warning is noise.
         warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf", category=UserWarning)
+        # Copying a torch.export module runs torch 2.13 code that warns about its own pytree API.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
         walker = copy.deepcopy(model).to(torch.float64)
     set_eval_mode(walker)
     runner = preactivation_runner(walker)

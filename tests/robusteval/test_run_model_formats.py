@@ -1,4 +1,4 @@
-"""`run` on a TorchScript MLP, a state_dict with --arch and a TorchScript CNN, checked from the results file.
+"""`run` on TorchScript, state_dict, torch.export and CNN models, checked from the results file.
 
 The per-sample values written by the pipeline (float32) are compared with independent float64
 references: tangent sensitivity from the full autograd tangent matrix d/dx grad_theta f_k, and
@@ -94,6 +94,12 @@ def model_files(tmp_path_factory) -> dict[str, tuple[Path, str | None, str, nn.M
     torch.save({"state_dict": {f"module.{k}": v for k, v in weights.state_dict().items()}}, folder / "weights.pt")
     files["state_dict"] = (folder / "weights.pt", arch, "digits", weights)
 
+    torch.manual_seed(3)
+    exported = train(build_architecture("mlp:64-16-16-10"), x, y)
+    program = torch.export.export(exported, (x[:4],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(folder / "mlp_exported.pt2"))
+    files["export_mlp"] = (folder / "mlp_exported.pt2", None, "digits", exported)
+
     torch.manual_seed(2)
     cnn = train(build_architecture("cnn:1x8x8-6-10"), x.reshape(-1, 1, 8, 8), y)
     torch.jit.save(torch.jit.script(cnn), str(folder / "cnn_scripted.pt"))
@@ -101,7 +107,7 @@ def model_files(tmp_path_factory) -> dict[str, tuple[Path, str | None, str, nn.M
     return files
 
 
-@pytest.mark.parametrize("kind", ["torchscript_mlp", "state_dict", "torchscript_cnn"])
+@pytest.mark.parametrize("kind", ["torchscript_mlp", "state_dict", "export_mlp", "torchscript_cnn"])
 def test_run_matches_independent_references(kind, model_files, tmp_path):
     path, arch, data, twin = model_files[kind]
     config = EvaluationConfig(model=str(path), arch=arch, data=data, samples=SAMPLES, seed=0,
