@@ -59,7 +59,7 @@ def module_devices(model: nn.Module) -> list[torch.device]:
     return sorted({tensor.device for tensor in tensors}, key=str)
 
 
-def check_model_device(model: nn.Module, tensor: Tensor, *, what: str = "inputs") -> None:
+def check_model_device(model: nn.Module, tensor: Tensor, *, tensor_name: str = "inputs") -> None:
     """Raise when ``model`` is spread over several devices or sits on another device than ``tensor``.
 
     A model without parameters or buffers passes, because nothing ties it to a device.
@@ -67,7 +67,7 @@ def check_model_device(model: nn.Module, tensor: Tensor, *, what: str = "inputs"
     Args:
         model: The network.
         tensor: A tensor the model will be applied to, or labels compared with its outputs.
-        what: Name of ``tensor`` in the message, for example ``"inputs"`` or ``"labels"``.
+        tensor_name: Name of ``tensor`` in the message, for example ``"inputs"`` or ``"labels"``.
 
     Raises:
         ValueError: The devices differ; the message names each of them.
@@ -80,8 +80,8 @@ def check_model_device(model: nn.Module, tensor: Tensor, *, what: str = "inputs"
         )
     if devices and devices[0] != tensor.device:
         raise ValueError(
-            f"Expected the model and the {what} on the same device, but the model is on {devices[0]} and "
-            f"the {what} are on {tensor.device}. Move both to one device with .to(device)."
+            f"Expected the model and the {tensor_name} on the same device, but the model is on {devices[0]} and "
+            f"the {tensor_name} are on {tensor.device}. Move both to one device with .to(device)."
         )
 
 

@@ -164,8 +164,8 @@ def evaluate(
 
         run_directory = RunDirectory(out_dir) if out_dir is not None else None
         if run_directory is not None:
-            # Rank 0 alone creates or clears the directory; the other ranks wait for it here,
-            # so none reads partial/ before it exists, and all stop if rank 0 cannot prepare it.
+            # Rank 0 alone creates or clears the directory, and the other ranks wait for it here.
+            # So no rank reads partial/ before it exists, and all stop if rank 0 cannot prepare it.
             prepare_directory = run_directory.prepare
             world.run_on_main(lambda: prepare_directory(config.fingerprint(), resume=resume, force=force))
 
@@ -210,7 +210,7 @@ def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Conte
     rows = np.arange(count)
     x = dataset.x[:count].to(device)
     y = dataset.y[:count].to(device)
-    check_model_device(loaded.module, x, what="data")
+    check_model_device(loaded.module, x, tensor_name="data")
 
     threat_models = parse_eps_options(config.eps) if config.eps else default_threat_models(tuple(x.shape[1:]), dataset.bounds)
     attack_spec = config.attacks if isinstance(config.attacks, str) else list(config.attacks)
@@ -281,6 +281,12 @@ def _run_blocks(
     # starts with none.
     starts = _block_starts(context)
     mine = [start for position, start in enumerate(starts) if position % world.world_size == world.rank]
+    if not mine:
+        logger.warning(
+            "Rank %d has no block to evaluate: %d samples in blocks of %d make %d block(s) for %d processes. "
+            "Lower --block-size to use every process.",
+            world.rank, len(context.rows), context.config.block_size, len(starts), world.world_size,
+        )
     progress.start("samples", sum(min(context.config.block_size, len(context.rows) - s) for s in mine))
 
     records: list[SampleRecord] = []
@@ -299,8 +305,8 @@ def _run_blocks(
         progress.advance("samples", stop - start)
     progress.finish("samples")
 
-    # Sorting by row and merging in block order makes rank 0's result independent of how the
-    # blocks were spread over ranks; the other ranks keep only their own blocks.
+    # Sorting by row and merging in block order make rank 0's result independent of how the
+    # blocks were spread over ranks. The other ranks keep only their own blocks.
     records, extras = world.gather_blocks(records, extras)
     records.sort(key=lambda record: record.index)
     merged: dict[str, Any] = {}
