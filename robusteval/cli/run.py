@@ -17,6 +17,7 @@ from ._progress import RichProgress
 
 @app.command()
 def run(
+    ctx: typer.Context,
     model: Optional[str] = typer.Argument(None, help="Model file (.pt TorchScript, .pt2 export, state_dict with --arch), or zoo:<name>. Omit to evaluate the bundled demo model."),
     data: str = typer.Option("digits", "--data", "-d", help="'digits' (bundled real handwritten digits, test split), 'digits:image', or a .npz/.pt file with arrays x and y."),
     out: Path = typer.Option(Path("robusteval-out"), "--out", "-o", help="Output directory for results.json and the HTML report."),
@@ -43,11 +44,35 @@ def run(
     workers: int = typer.Option(1, "--workers", min=1, help="Processes to shard the samples over on this machine (launches torchrun; gloo backend on the CPU, NCCL with --device cuda, one GPU per process)."),
     worker_timeout: float = typer.Option(1800.0, "--worker-timeout", min=1.0, help="Seconds a process of a multi-process run waits for the others (joining, and gathering the results) before it stops with an error."),
     html: bool = typer.Option(True, "--html/--no-html", help="Write DIR/report.html."),
+    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file whose [run] table sets defaults for these options (threat models under [run.eps]); options on the command line win."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to standard error (-vv for debug)."),
 ) -> None:
     """Evaluate one model: geometry, attacks, parameter space, bounds; print the report and write results."""
     configure_logging(verbose)
     with handle_errors():
+        if config_file is not None:
+            from ..run_config import load_run_table
+
+            settings = load_run_table(config_file)
+            defaults = {key: value for key, value in settings.items() if _given_by_default(ctx, key)}
+            data = defaults.get("data", data)
+            arch = defaults.get("arch", arch)
+            samples = defaults.get("samples", samples)
+            seed = defaults.get("seed", seed)
+            device = defaults.get("device", device)
+            eps = defaults.get("eps", eps)
+            attacks = defaults.get("attacks", attacks)
+            parameter_space = defaults.get("parameter_space", parameter_space)
+            lower = defaults.get("lower", lower)
+            upper = defaults.get("upper", upper)
+            ts_method = defaults.get("ts_method", ts_method)
+            probes = defaults.get("probes", probes)
+            noise_draws = defaults.get("noise_draws", noise_draws)
+            weight_steps = defaults.get("weight_steps", weight_steps)
+            tangent_shift_epsilon = defaults.get("tangent_shift_eps", tangent_shift_epsilon)
+            bootstrap = defaults.get("bootstrap", bootstrap)
+            block_size = defaults.get("block_size", block_size)
+            memory_budget_mib = defaults.get("memory_budget", memory_budget_mib)
         if resume and force:
             fail("--resume and --force cannot be combined: --resume keeps finished blocks, --force discards them.")
         if workers > 1 and "WORLD_SIZE" not in os.environ:
@@ -64,6 +89,17 @@ def run(
             tangent_shift_epsilon=tangent_shift_epsilon, bootstrap=bootstrap, block_size=block_size, memory_budget=memory_budget_mib * 2**20,
         )
         execute_run(config, out, resume=resume, force=force, html=html, worker_timeout=worker_timeout)
+
+
+# Keys of the [run] table whose command-line parameter has another name.
+_PARAMETER_NAMES = {"tangent_shift_eps": "tangent_shift_epsilon", "memory_budget": "memory_budget_mib"}
+
+
+def _given_by_default(ctx: typer.Context, key: str) -> bool:
+    """Return whether the option for config key ``key`` kept its default (was not on the command line)."""
+    # typer ships its own copy of click, so compare the enum member by name.
+    source = ctx.get_parameter_source(_PARAMETER_NAMES.get(key, key))
+    return source is None or source.name in ("DEFAULT", "DEFAULT_MAP")
 
 
 def execute_run(

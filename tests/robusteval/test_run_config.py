@@ -40,3 +40,36 @@ def test_file_without_run_table_gives_nothing(tmp_path):
 def test_invalid_tables_rejected(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
         load_run_table(write(tmp_path, text))
+
+
+def test_run_command_takes_defaults_from_config(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from robusteval.cli import app
+
+    config = write(tmp_path, '[run]\nsamples = 5\nattacks = ["fgsm"]\nparameter_space = false\n'
+                             '[run.eps]\nlinf = [0.05, 0.1]\n')
+    out = tmp_path / "out"
+    # --seed on the command line wins over the file; everything else comes from the file.
+    result = CliRunner().invoke(app, ["run", "--config", str(config), "--seed", "7", "--out", str(out), "--no-html"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["data"]["num_samples"] == 5
+    assert payload["environment"]["seed"] == 7
+    assert [(tm["norm"], tm["epsilons"], tm["attacks"]) for tm in payload["threat_models"]] == [
+        ("linf", [0.05, 0.1], ["fgsm"])
+    ]
+    assert payload["parameter_space"] is None
+
+
+def test_run_command_rejects_invalid_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from robusteval.cli import app
+
+    config = write(tmp_path, "[run]\nsampels = 5\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "Unknown key 'sampels'" in result.output
