@@ -33,6 +33,7 @@ from ._types import Bounds, Norm
 from .devices import check_model_device, resolve_device
 from .distributed import DistributedContext
 from .eager import eager_equivalent
+from .errors import PreflightError
 from .progress import NullProgress, ProgressReporter
 from .results import (
     DataInfo,
@@ -141,6 +142,7 @@ def evaluate(
     progress: ProgressReporter | None = None,
     command: str | None = None,
     distributed: DistributedContext | None = None,
+    strict_preflight: bool = False,
 ) -> Results:
     """Evaluate one model on one data set and return its results.
 
@@ -148,6 +150,10 @@ def evaluate(
     and ``resume=True`` continues an interrupted run. With ``distributed``, each rank evaluates
     every ``world_size``-th block and rank 0 gathers the records and computes the aggregates;
     other ranks return ``None``-free partial results holding only their own samples.
+
+    Preflight findings of severity ``"error"`` (outputs that change between identical calls or
+    with the batch size) are recorded as flags, or raise ``PreflightError`` before any work with
+    ``strict_preflight=True``, as the CLI asks, since attacks on such a model measure noise.
 
     Raises:
         OutputExistsError: ``out_dir`` holds results and neither ``resume`` nor ``force`` is set.
@@ -160,7 +166,7 @@ def evaluate(
     timing: dict[str, float] = {}
 
     with _current_cuda_device(config.device):
-        context, loaded_model, dataset = _prepare(config, timing)
+        context, loaded_model, dataset = _prepare(config, timing, strict_preflight=strict_preflight)
 
         run_directory = RunDirectory(out_dir) if out_dir is not None else None
         if run_directory is not None:
@@ -191,7 +197,7 @@ def _current_cuda_device(name: str) -> Iterator[None]:
         yield
 
 
-def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Context, Any, Any]:
+def _prepare(config: EvaluationConfig, timing: dict[str, float], *, strict_preflight: bool) -> tuple[_Context, Any, Any]:
     from .attacks import default_threat_models, parse_eps_options, resolve_attacks
     from .data import load_data
     from .loading import load_model
@@ -203,6 +209,9 @@ def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Conte
     bounds = Bounds(*config.bounds) if config.bounds is not None else None
     dataset = load_data(config.data, bounds=bounds)
     report = preflight(loaded.module, dataset, device=device, memory_budget=config.memory_budget)
+    errors = [flag for flag in report.flags if flag.severity == "error"]
+    if strict_preflight and errors:
+        raise PreflightError(" ".join(flag.message for flag in errors))
 
     count = len(dataset.y) if config.samples is None else min(int(config.samples), len(dataset.y))
     if count < 1:
@@ -214,7 +223,11 @@ def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Conte
 
     threat_models = parse_eps_options(config.eps) if config.eps else default_threat_models(tuple(x.shape[1:]), dataset.bounds)
     attack_spec = config.attacks if isinstance(config.attacks, str) else list(config.attacks)
+    _check_named_attacks(config.attacks, report.num_classes)
     attack_names, skipped = resolve_attacks(attack_spec, num_classes=report.num_classes, threat_models=threat_models)
+    if not attack_names:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise ValueError(f"None of the requested attacks can run on this model ({reasons}). Choose others with --attacks.")
     epsilon = config.tangent_shift_epsilon
     if epsilon is None:
         epsilon = _default_tangent_shift_epsilon(loaded.module, x[: config.block_size], dataset.bounds, config)
@@ -249,6 +262,32 @@ def _prepare(config: EvaluationConfig, timing: dict[str, float]) -> tuple[_Conte
         flags=flags,
     )
     return context, loaded, dataset
+
+
+def _check_named_attacks(spec: str | tuple[str, ...], num_classes: int) -> None:
+    """Raise when an attack named explicitly (not through a suite) needs more classes than the model has.
+
+    Suites skip such attacks and the report names them; an explicit request that cannot be
+    honoured is an error instead of a silent skip.
+    """
+    from .attacks import ATTACKS, SUITES
+
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    named = []
+    for item in items:
+        key = item.strip()
+        name = key if key in ATTACKS else key.lower()
+        if name in ATTACKS and name not in SUITES:
+            named.append(name)
+    # Unknown names are left to resolve_attacks, whose message lists every attack and suite.
+    too_few = [name for name in named if ATTACKS[name].min_classes > num_classes]
+    if too_few:
+        needs = ", ".join(f"{name} (needs at least {ATTACKS[name].min_classes} classes)" for name in too_few)
+        raise ValueError(
+            f"Expected attacks that run on a model with {num_classes} classes, but --attacks names {needs}. "
+            "Remove them from --attacks, or pass a suite (quick, standard, thorough), which skips the "
+            "attacks a model cannot run and names them in the report."
+        )
 
 
 def _default_tangent_shift_epsilon(model: nn.Module, x: torch.Tensor, bounds: Bounds, config: EvaluationConfig) -> float:

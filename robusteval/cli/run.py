@@ -117,10 +117,9 @@ def execute_run(
     command = "robusteval " + " ".join(shlex.quote(argument) for argument in sys.argv[1:])
     world = DistributedContext.from_environment(config.device, timeout_seconds=worker_timeout)
     try:
-        check_before_run(config)
         with RichProgress(console, enabled=world.is_main) as progress:
             results = evaluate(config, out_dir=out, resume=resume, force=force, progress=progress,
-                               command=command, distributed=world)
+                               command=command, distributed=world, strict_preflight=True)
     finally:
         world.close()
     if not world.is_main:
@@ -133,63 +132,6 @@ def execute_run(
 
         write_html(results, out / "report.html")
         console.print(f"HTML report: [bold]{out / 'report.html'}[/]", highlight=False)
-
-
-def check_before_run(config: EvaluationConfig) -> None:
-    """Load and preflight the model, and raise before any work when the run cannot give reliable results.
-
-    ``evaluate`` records preflight flags of severity ``"error"`` (outputs that change between
-    identical calls or with the batch size) and carries on, which suits the Python API. On the
-    command line they end the run with exit code 2 instead, because attacks and certificates on
-    such a model measure its randomness. An attack named in ``--attacks`` that needs more classes
-    than the model has also ends the run, because the user asked for it explicitly; attacks that
-    come from a suite are skipped and named in the report.
-
-    NOTE: ``evaluate`` loads and preflights the model a second time, because it has no hook to
-    stop between its preflight and its first stage.
-
-    Raises:
-        PreflightError: A preflight check failed or raised a flag of severity ``"error"``.
-        ValueError: An attack named in ``--attacks`` cannot run on this model.
-        ModelLoadError, DataLoadError: The model or the data cannot be loaded.
-    """
-    from .._types import Bounds
-    from ..data import load_data
-    from ..errors import PreflightError
-    from ..loading import load_model
-    from ..pipeline import DEMO_MODEL, resolve_device
-    from ..preflight import preflight
-
-    device = resolve_device(config.device)
-    loaded = load_model(config.model or DEMO_MODEL, arch=config.arch, trust_pickle=config.trust_pickle, device=device)
-    dataset = load_data(config.data, bounds=Bounds(*config.bounds) if config.bounds is not None else None)
-    report = preflight(loaded.module, dataset, device=device, memory_budget=config.memory_budget)
-
-    errors = [flag for flag in report.flags if flag.severity == "error"]
-    if errors:
-        raise PreflightError(" ".join(flag.message for flag in errors))
-    _check_named_attacks(config.attacks, report.num_classes)
-
-
-def _check_named_attacks(spec: str | tuple[str, ...], num_classes: int) -> None:
-    from ..attacks import ATTACKS, SUITES
-
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    named = []
-    for item in items:
-        key = item.strip()
-        name = key if key in ATTACKS else key.lower()
-        if name in ATTACKS and name not in SUITES:
-            named.append(name)
-    # Unknown names are left to the pipeline, whose message lists every attack and suite.
-    too_few = [name for name in named if ATTACKS[name].min_classes > num_classes]
-    if too_few:
-        needs = ", ".join(f"{name} (needs at least {ATTACKS[name].min_classes} classes)" for name in too_few)
-        raise ValueError(
-            f"Expected attacks that run on a model with {num_classes} classes, but --attacks names {needs}. "
-            "Remove them from --attacks, or pass a suite (quick, standard, thorough), which skips the "
-            "attacks a model cannot run and names them in the report."
-        )
 
 
 def _check_workers(workers: int, device: str) -> None:
