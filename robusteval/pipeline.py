@@ -630,12 +630,27 @@ def _region_statistics(records: list[SampleRecord]) -> dict[str, Any]:
 
     active = np.array([record.active_units for record in records], dtype=np.float64)  # (N, L)
     sizes = sorted((len(members) for members in regions.values()), reverse=True)
+
+    # Tangent sensitivity is constant on an activation region, so samples that share a region
+    # must agree up to rounding: the largest relative spread is a check of the geometry stage.
+    spreads = []
+    per_region = []
+    for region, members in regions.items():
+        values = np.array([member.tangent_sensitivity for member in members], dtype=np.float64)  # (m, K)
+        per_region.append({"region": region, "samples": len(members), "mean_tangent_sensitivity": float(values.mean())})
+        if len(members) > 1:
+            scale = np.maximum(np.abs(values).max(axis=0), np.finfo(np.float64).tiny)
+            spreads.append(float(((values.max(axis=0) - values.min(axis=0)) / scale).max()))
+    per_region.sort(key=lambda entry: -entry["samples"])
     return {
         "available": True,
         "distinct_patterns": len(regions),
         "samples": len(records),
         "largest_region_samples": sizes[0],
         "singleton_regions": sum(size == 1 for size in sizes),
+        "shared_regions": len(spreads),
+        "max_relative_ts_spread_within_region": max(spreads) if spreads else None,
+        "largest_regions": per_region[:10],
         "active_units_per_layer": {
             "mean": active.mean(axis=0).tolist(),
             "min": active.min(axis=0).tolist(),
@@ -643,14 +658,6 @@ def _region_statistics(records: list[SampleRecord]) -> dict[str, Any]:
         },
         "total_active_units": {"mean": float(active.sum(axis=1).mean()), "std": float(active.sum(axis=1).std())},
     }
-
-
-# Relative scales of the parameter-space curves: Gaussian noise sigma (relative to |w| or to
-# each layer's norm) and the AWP budget gamma (relative to each layer's norm).
-NOISE_SCALES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-WEIGHT_GAMMAS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
-# Step size of the single gradient step in the single-example update attack (an SGD learning rate).
-UPDATE_STEP_SIZE = 0.1
 
 
 def _parameter_space_section(context: _Context, records: list[SampleRecord]) -> dict[str, Any]:

@@ -1,0 +1,73 @@
+"""The analysis sections of a results file, recomputed from its own per-sample values."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from robusteval.digits import digits_split
+from robusteval.pipeline import EvaluationConfig, evaluate
+
+
+@pytest.fixture(scope="module")
+def narrow_results(tmp_path_factory):
+    """A 64-3-10 network: few activation regions, so many samples share one."""
+    torch.manual_seed(0)
+    x, y = (torch.from_numpy(a) for a in digits_split("train"))
+    model = nn.Sequential(nn.Linear(64, 3), nn.ReLU(), nn.Linear(3, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    folder = tmp_path_factory.mktemp("narrow")
+    torch.jit.save(torch.jit.script(model.eval()), str(folder / "narrow.pt"))
+    config = EvaluationConfig(model=str(folder / "narrow.pt"), samples=40, attacks=("fmn", "deepfool"),
+                              parameter_space=False, bootstrap=200, seed=1)
+    evaluate(config, out_dir=folder / "out")
+    return json.loads((folder / "out" / "results.json").read_text())
+
+
+def test_tangent_sensitivity_constant_within_region(narrow_results):
+    regions = narrow_results["regions"]
+    assert regions["available"] is True
+    assert regions["distinct_patterns"] < regions["samples"]
+    assert regions["shared_regions"] >= 1
+    assert regions["max_relative_ts_spread_within_region"] < 1e-5
+
+
+def test_region_counts_match_sample_hashes(narrow_results):
+    hashes = [sample["activation_region"] for sample in narrow_results["samples"]]
+    assert narrow_results["regions"]["distinct_patterns"] == len(set(hashes))
+
+
+def test_predictive_coefficients_recomputed_from_samples(narrow_results):
+    samples = narrow_results["samples"]
+    entries = {(entry["score"], entry["target"]): entry for entry in narrow_results["predictive"]}
+    entry = entries[("logit_margin", "min_adversarial_distance_l2")]
+
+    pairs = [(s["logit_margin"], s["min_adversarial_distance"]["l2"]) for s in samples
+             if s["logit_margin"] is not None and s["min_adversarial_distance"]["l2"] is not None]
+    score, target = (np.array(values) for values in zip(*pairs))
+    assert entry["n"] == len(pairs)
+    assert entry["spearman"] == pytest.approx(stats.spearmanr(score, target).statistic, abs=1e-12)
+    assert entry["kendall"] == pytest.approx(stats.kendalltau(score, target).statistic, abs=1e-12)
+    lower, upper = entry["spearman_ci"]
+    assert lower <= entry["spearman"] <= upper
+
+
+def test_bracket_counts_match_samples(narrow_results):
+    bracket = narrow_results["geometry"]["bracket"]["l2"]
+    violations = [s for s in samples_with_both(narrow_results, "l2")
+                  if s["certified_radius"]["l2"] > s["min_adversarial_distance"]["l2"] * (1 + 1e-4)]
+    assert bracket["violations"] == len(violations) == 0
+
+
+def samples_with_both(results, norm):
+    return [s for s in results["samples"]
+            if s["certified_radius"][norm] is not None and s["min_adversarial_distance"][norm] is not None]
