@@ -660,6 +660,14 @@ def _region_statistics(records: list[SampleRecord]) -> dict[str, Any]:
     }
 
 
+# Relative scales of the parameter-space curves: Gaussian noise sigma (relative to |w| or to
+# each layer's norm) and the AWP budget gamma (relative to each layer's norm).
+NOISE_SCALES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+WEIGHT_GAMMAS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+# Step size of the single gradient step in the single-example update attack (an SGD learning rate).
+UPDATE_STEP_SIZE = 0.1
+
+
 def _parameter_space_section(context: _Context, records: list[SampleRecord]) -> dict[str, Any]:
     """Run the model-level parameter-space attacks and fill each record's flip probabilities."""
     from .attacks.parameter import (
