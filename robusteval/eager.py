@@ -9,6 +9,7 @@ weights computes the same function; it is checked against the scripted model bef
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +30,11 @@ def _copy_parameters(target: nn.Module, source: nn.Module) -> nn.Module:
     return target
 
 
+def _setting(module: nn.Module, name: str) -> Any:
+    """Return a layer setting (stride, padding, ...) that a scripted module keeps as a constant."""
+    return getattr(module, name)
+
+
 def _convert(module: nn.Module) -> nn.Module | None:
     kind = _kind(module)
     if kind == "Sequential":
@@ -37,18 +43,19 @@ def _convert(module: nn.Module) -> nn.Module | None:
             return None
         return nn.Sequential(*children)  # type: ignore[arg-type]
     if kind == "Linear":
-        weight = module.weight
+        weight = _setting(module, "weight")
         bias = getattr(module, "bias", None)
         return _copy_parameters(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None), module)
     if kind in ("Conv1d", "Conv2d"):
         cls = nn.Conv1d if kind == "Conv1d" else nn.Conv2d
-        weight = module.weight
+        weight = _setting(module, "weight")
         bias = getattr(module, "bias", None)
         try:
             layer = cls(
-                weight.shape[1] * module.groups, weight.shape[0], tuple(weight.shape[2:]),
-                stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups,
-                bias=bias is not None, padding_mode=module.padding_mode,
+                weight.shape[1] * _setting(module, "groups"), weight.shape[0], tuple(weight.shape[2:]),
+                stride=_setting(module, "stride"), padding=_setting(module, "padding"),
+                dilation=_setting(module, "dilation"), groups=_setting(module, "groups"),
+                bias=bias is not None, padding_mode=_setting(module, "padding_mode"),
             )
         except (AttributeError, RuntimeError, TypeError):
             return None
@@ -64,10 +71,10 @@ def _convert(module: nn.Module) -> nn.Module | None:
     if kind in ("MaxPool2d", "AvgPool2d"):
         try:
             if kind == "MaxPool2d":
-                return nn.MaxPool2d(module.kernel_size, module.stride, module.padding, module.dilation,
-                                    ceil_mode=module.ceil_mode)
-            return nn.AvgPool2d(module.kernel_size, module.stride, module.padding, ceil_mode=module.ceil_mode,
-                                count_include_pad=module.count_include_pad)
+                return nn.MaxPool2d(_setting(module, "kernel_size"), _setting(module, "stride"), _setting(module, "padding"), _setting(module, "dilation"),
+                                    ceil_mode=_setting(module, "ceil_mode"))
+            return nn.AvgPool2d(_setting(module, "kernel_size"), _setting(module, "stride"), _setting(module, "padding"), ceil_mode=_setting(module, "ceil_mode"),
+                                count_include_pad=_setting(module, "count_include_pad"))
         except AttributeError:
             return None
     return None

@@ -22,7 +22,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ class EvaluationConfig:
     attacks: str | tuple[str, ...] = "quick"
     parameter_space: bool = True
     tangent_shift_epsilon: float | None = None
-    ts_method: str = "auto"
+    ts_method: Literal["auto", "closed_form", "exact", "hutchinson"] = "auto"
     probes: int = 64
     block_size: int = 128
     memory_budget: int = 2 * GIB
@@ -633,15 +633,15 @@ def _region_statistics(records: list[SampleRecord]) -> dict[str, Any]:
 
     # Tangent sensitivity is constant on an activation region, so samples that share a region
     # must agree up to rounding: the largest relative spread is a check of the geometry stage.
-    spreads = []
-    per_region = []
+    spreads: list[float] = []
+    per_region: list[dict[str, Any]] = []
     for region, members in regions.items():
         values = np.array([member.tangent_sensitivity for member in members], dtype=np.float64)  # (m, K)
         per_region.append({"region": region, "samples": len(members), "mean_tangent_sensitivity": float(values.mean())})
         if len(members) > 1:
             scale = np.maximum(np.abs(values).max(axis=0), np.finfo(np.float64).tiny)
             spreads.append(float(((values.max(axis=0) - values.min(axis=0)) / scale).max()))
-    per_region.sort(key=lambda entry: -entry["samples"])
+    per_region.sort(key=lambda entry: -int(entry["samples"]))
     return {
         "available": True,
         "distinct_patterns": len(regions),
@@ -699,7 +699,8 @@ def _parameter_space_section(context: _Context, records: list[SampleRecord]) -> 
     if correct:
         position = correct[0]
         ts = records[position].tangent_sensitivity[records[position].prediction]
-        for mode in ("output", "label"):
+        modes: tuple[Literal["output", "label"], ...] = ("output", "label")
+        for mode in modes:
             updates.append(single_example_update_attack(
                 model, x[position:position + 1], x, y, epsilon=context.tangent_shift_epsilon, step_size=UPDATE_STEP_SIZE,
                 mode=mode, steps=config.weight_steps, seed=derive_seed(config.seed, "update", mode),
@@ -709,9 +710,9 @@ def _parameter_space_section(context: _Context, records: list[SampleRecord]) -> 
     def column(name: str) -> torch.Tensor:
         return torch.tensor([_nan_if_none(getattr(record, name)) for record in records], dtype=torch.float64)
 
-    shifts = [record.tangent_shift for record in records]
+    shifts = [record.tangent_shift for record in records if record.tangent_shift is not None]
     shift_result = None
-    if all(shift is not None for shift in shifts):
+    if len(shifts) == len(records):
         region_l2 = torch.tensor([_nan_if_none(record.region_distance.l2) for record in records], dtype=torch.float64)
         shift_result = TangentShiftResult(
             epsilon=context.tangent_shift_epsilon,

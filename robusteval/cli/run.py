@@ -6,13 +6,16 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, cast
 
 import typer
 
 from ..pipeline import EvaluationConfig
 from ._app import app, configure_logging, console, error_console, fail, handle_errors
 from ._progress import RichProgress
+
+TsMethod = Literal["auto", "closed_form", "exact", "hutchinson"]
+TS_METHODS: tuple[TsMethod, ...] = ("auto", "closed_form", "exact", "hutchinson")
 
 
 @app.command()
@@ -73,6 +76,8 @@ def run(
             bootstrap = defaults.get("bootstrap", bootstrap)
             block_size = defaults.get("block_size", block_size)
             memory_budget_mib = defaults.get("memory_budget", memory_budget_mib)
+        if ts_method not in TS_METHODS:
+            fail(f"Expected --ts-method to be one of {', '.join(TS_METHODS)}, but got {ts_method!r}.")
         if resume and force:
             fail("--resume and --force cannot be combined: --resume keeps finished blocks, --force discards them.")
         if workers > 1 and "WORLD_SIZE" not in os.environ:
@@ -85,7 +90,7 @@ def run(
         config = EvaluationConfig(
             model=model, arch=arch, trust_pickle=trust_pickle, data=data, bounds=bounds, samples=samples,
             seed=seed, device=device, eps=tuple(eps), attacks=attack_spec, parameter_space=parameter_space,
-            ts_method=ts_method, probes=probes, noise_draws=noise_draws, weight_steps=weight_steps,
+            ts_method=cast(TsMethod, ts_method), probes=probes, noise_draws=noise_draws, weight_steps=weight_steps,
             tangent_shift_epsilon=tangent_shift_epsilon, bootstrap=bootstrap, block_size=block_size, memory_budget=memory_budget_mib * 2**20,
         )
         execute_run(config, out, resume=resume, force=force, html=html, worker_timeout=worker_timeout)

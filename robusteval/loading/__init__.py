@@ -340,7 +340,7 @@ def _module_from_object(obj: Any, *, arch: str | None, source: str) -> tuple[nn.
             inner = obj.get(key)
             if isinstance(inner, nn.Module):
                 return inner, "pickle", None
-            if is_state_dict(inner):
+            if inner is not None and is_state_dict(inner):
                 return build_from_state_dict(inner, arch, f"{source} (key {key!r})"), "checkpoint", arch
     raise ModelLoadError(
         f"Expected {source} to contain a model, a state_dict or a checkpoint dict with one of the keys "

@@ -13,7 +13,7 @@ import io
 import pickletools
 import re
 import struct
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 # Globals that torch.save writes for tensors, parameters and state_dicts. A pickle that imports
 # nothing else is an ordinary weights file, and torch.load's weights-only unpickler still has the
@@ -82,10 +82,10 @@ def scan_pickles(stream: BinaryIO, size: int, max_pickles: int = 8) -> PickleSca
     decoder reaches bytes that are not a pickle.
     """
     scan = PickleScan()
-    stream = _BoundedReader(stream, size)
-    while scan.pickle_count < max_pickles and stream.tell() < size:
+    bounded = _BoundedReader(stream, size)
+    while scan.pickle_count < max_pickles and bounded.tell() < size:
         try:
-            integers = _scan_one(stream, scan.globals)
+            integers = _scan_one(bounded, scan.globals)
         except _GENOPS_ERRORS as error:
             # genops raises these on malformed or truncated input; what was decoded so far stays.
             scan.error = str(error) or type(error).__name__
@@ -107,7 +107,8 @@ def _scan_one(stream: _BoundedReader, found: list[str]) -> list[int]:
     strings: list[str] = []
     memo: dict[int, str] = {}
     integers: list[int] = []
-    for opcode, argument, _ in pickletools.genops(stream):
+    argument: Any
+    for opcode, argument, _ in pickletools.genops(stream):  # type: ignore[arg-type]  # a file-like reader
         name = opcode.name
         if name in _STRING_OPCODES:
             strings.append(argument if isinstance(argument, str) else repr(argument))
