@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as functional
 from torch import Tensor, nn
 
+from robusteval.modes import set_eval_mode
+
 from .active_count_moments import fit_gaussian_count_model
 from .relu_chain import ReluChain, evaluate_chain, extract_relu_chain
 from .tangent_bounds import active_count_bound, total_count_constant, total_count_exponent
@@ -106,8 +108,16 @@ def generalization_estimates(
         raise ValueError(f"Expected a positive batch size, but got {batch_size}.")
 
     chain, reason = extract_relu_chain(model)
-    train = _split_measures(model, chain, x_train, y_train, batch_size)
-    test = _split_measures(model, chain, x_test, y_test, batch_size)
+    # Measured in eval mode, so that BatchNorm statistics are read, not updated; the caller's
+    # training flags are put back afterwards.
+    training = [(module, module.training) for module in model.modules()]
+    set_eval_mode(model)
+    try:
+        train = _split_measures(model, chain, x_train, y_train, batch_size)
+        test = _split_measures(model, chain, x_test, y_test, batch_size)
+    finally:
+        for module, flag in training:
+            module.training = flag
 
     estimates: dict[str, dict[str, float | None]] = {
         "trivial": {"ratio": 1.0, "estimated_test_loss": train["loss"], "error": train["loss"] - test["loss"]}

@@ -89,3 +89,17 @@ def test_label_shape_is_checked() -> None:
             model, x_train=torch.rand(2, 3), y_train=torch.zeros(2, dtype=torch.int64),
             x_test=torch.rand(2, 3), y_test=torch.zeros(3, dtype=torch.int64),
         )
+
+
+def test_train_mode_model_keeps_batchnorm_statistics() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).train()
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    x = torch.rand(20, 4)
+    y = torch.randint(0, 3, (20,))
+
+    generalization_estimates(model, x_train=x, y_train=y, x_test=x + 0.1, y_test=y)
+
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+    assert all(module.training for module in model.modules())
