@@ -3,7 +3,7 @@
 Every ratio compares two computations measured side by side in the same run, so that load from
 other processes affects both sides alike. Usage::
 
-    python benchmarks/run.py            # full run: geometry, pipeline, memory (about 35 minutes on 2 shared cores)
+    python benchmarks/run.py            # full run: geometry, pipeline, memory (about 20 minutes on 2 shared cores)
     python benchmarks/run.py --quick    # smaller sizes, for a smoke test (about 2 minutes on 2 shared cores)
     python benchmarks/run.py --only pipeline --profile
 
