@@ -126,7 +126,8 @@ class _Context:
     threat_models: list[Any]
     attack_names: list[str]
     skipped_attacks: dict[str, str]
-    tangent_shift_epsilon: float
+    # None when the parameter-space stages are off: only the tangent-shift search uses it.
+    tangent_shift_epsilon: float | None
     # The model as the parameter-space stage runs it (an eager copy of a TorchScript
     # Sequential), or None when that stage cannot or should not run.
     parameter_model: nn.Module | None
@@ -229,7 +230,7 @@ def _prepare(config: EvaluationConfig, timing: dict[str, float], *, strict_prefl
         reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
         raise ValueError(f"None of the requested attacks can run on this model ({reasons}). Choose others with --attacks.")
     epsilon = config.tangent_shift_epsilon
-    if epsilon is None:
+    if epsilon is None and config.parameter_space:
         epsilon = _default_tangent_shift_epsilon(loaded.module, x[: config.block_size], dataset.bounds, config)
     flags = list(report.flags)
     parameter_model = None
@@ -452,7 +453,8 @@ def _per_sample_parameter_space(
 
     config = context.config
     model = context.parameter_model
-    assert model is not None
+    epsilon = context.tangent_shift_epsilon
+    assert model is not None and epsilon is not None  # both are set whenever the stage runs
     tick = time.perf_counter()
     noise_radius = weight_noise_radius(
         model, x, mode="magnitude", draws=config.noise_draws, seed=derive_seed(config.seed, "noise", start)
@@ -465,7 +467,7 @@ def _per_sample_parameter_space(
     ts_predicted = geometry.tangent_sensitivity.gather(1, predictions[:, None]).squeeze(1)
     region_l2 = geometry.region_distance["l2"]
     shift = tangent_shift(
-        model, x, epsilon=context.tangent_shift_epsilon, tangent_sensitivity=ts_predicted, region_distance=region_l2,
+        model, x, epsilon=epsilon, tangent_sensitivity=ts_predicted, region_distance=region_l2,
         steps=config.weight_steps, seed=derive_seed(config.seed, "tangent_shift", start),
     )
     _add_time(timing, "parameter_space_seconds", tick)
@@ -681,7 +683,8 @@ def _parameter_space_section(context: _Context, records: list[SampleRecord]) -> 
 
     config = context.config
     model, x, y = context.parameter_model, context.x, context.y
-    assert model is not None
+    epsilon = context.tangent_shift_epsilon
+    assert model is not None and epsilon is not None  # both are set whenever the stage runs
     curves = []
     sharpness: dict[str, float] = {}
     for mode in ("magnitude", "layer"):
@@ -702,7 +705,7 @@ def _parameter_space_section(context: _Context, records: list[SampleRecord]) -> 
         modes: tuple[Literal["output", "label"], ...] = ("output", "label")
         for mode in modes:
             updates.append(single_example_update_attack(
-                model, x[position:position + 1], x, y, epsilon=context.tangent_shift_epsilon, step_size=UPDATE_STEP_SIZE,
+                model, x[position:position + 1], x, y, epsilon=epsilon, step_size=UPDATE_STEP_SIZE,
                 mode=mode, steps=config.weight_steps, seed=derive_seed(config.seed, "update", mode),
                 bounds=context.bounds, tangent_sensitivity=ts,
             ))
@@ -715,13 +718,13 @@ def _parameter_space_section(context: _Context, records: list[SampleRecord]) -> 
     if len(shifts) == len(records):
         region_l2 = torch.tensor([_nan_if_none(record.region_distance.l2) for record in records], dtype=torch.float64)
         shift_result = TangentShiftResult(
-            epsilon=context.tangent_shift_epsilon,
+            epsilon=epsilon,
             achieved=torch.tensor([shift.achieved for shift in shifts], dtype=torch.float64),
             bound=torch.tensor([shift.bound for shift in shifts], dtype=torch.float64),
             crossed_region=torch.tensor([shift.crossed_region for shift in shifts]),
             bound_holds=tuple(shift.bound_holds for shift in shifts),
             delta=torch.empty(0),
-            within_region_distance=region_l2 > context.tangent_shift_epsilon,
+            within_region_distance=region_l2 > epsilon,
         )
 
     return parameter_space_section(
