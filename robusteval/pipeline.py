@@ -132,6 +132,8 @@ class _Context:
     # Sequential), or None when that stage cannot or should not run.
     parameter_model: nn.Module | None
     flags: list[Flag] = field(default_factory=list)
+    # The float64 copy of the model that the region walk uses, built at its first block.
+    region_walker: Any = None
 
 
 def evaluate(
@@ -424,7 +426,7 @@ def _regions_crossed(
     Appends a flag to ``flags`` instead of the run's own list, so that it travels with the
     block's saved extras to rank 0 and into resumed runs.
     """
-    from .analysis import count_regions_crossed
+    from .analysis.region_walk import RegionWalker
 
     tick = time.perf_counter()
     crossed: dict[str, list[int | None]] = {}
@@ -434,7 +436,9 @@ def _regions_crossed(
         counts: list[int | None] = [None] * len(x)
         if bool(found.any()):
             try:
-                values = count_regions_crossed(context.model, x[found], adversarial[found])
+                if context.region_walker is None:
+                    context.region_walker = RegionWalker(context.model, x)
+                values = context.region_walker.count(x[found], adversarial[found])
             except ValueError as error:
                 # Models whose ReLUs cannot be located have no region walk; say so once.
                 flags.append(Flag("region_walk_unavailable", "info", str(error), "analysis"))
