@@ -44,11 +44,12 @@ STEP_MARGIN = 1e-9
 
 MAX_STEPS = 100_000
 
-# Float64 elements of one (points, units) matrix of the chain method: 2**22 is 32 MiB. Segments
-# are processed in groups sized from the points per segment seen so far. NOTE: a group's points
-# grow with its crossings while it is processed, so this sizes the groups but does not bound
-# the peak of one group.
-CHUNK_ELEMENTS = 2**22
+# Float64 elements of one (points, units) matrix of the chain method: 2**21 is 16 MiB. Segments
+# are processed in groups sized from the points per segment seen so far, starting from the
+# guess below. NOTE: a group's points grow with its crossings while it is processed, so this
+# sizes the groups but does not bound the peak of one group.
+CHUNK_ELEMENTS = 2**21
+INITIAL_POINTS_PER_SEGMENT = 64.0
 
 
 class RegionWalker:
@@ -153,7 +154,7 @@ def _count_on_chain(layers: tuple[LinearLayer, ...], start: Tensor, direction: T
     total = start.shape[0]
     width = max(int(layer.weight.shape[0]) for layer in layers)
     counts = torch.ones(total, dtype=torch.int64, device=start.device)
-    points_per_segment = 2.0
+    points_per_segment = INITIAL_POINTS_PER_SEGMENT
     first = 0
     while first < total:
         rows = max(1, int(CHUNK_ELEMENTS / (points_per_segment * width)))

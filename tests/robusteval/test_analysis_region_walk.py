@@ -153,8 +153,10 @@ def test_chain_walk_in_small_groups_matches_one_group(monkeypatch: pytest.Monkey
     walker = RegionWalker(model, x)
     whole = walker.count(x, x_adv)
 
-    # 40 elements of width 10 make groups of 2 segments at first and of 1 once points grow.
+    # 40 elements of width 10 and a guess of 2 points make groups of 2 segments at first and
+    # of 1 once points grow.
     monkeypatch.setattr(region_walk, "CHUNK_ELEMENTS", 40)
+    monkeypatch.setattr(region_walk, "INITIAL_POINTS_PER_SEGMENT", 2.0)
     grouped = walker.count(x, x_adv)
 
     assert torch.equal(whole, grouped)
