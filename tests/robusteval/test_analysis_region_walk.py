@@ -145,7 +145,7 @@ def test_chain_walk_with_linear_layers_in_a_row() -> None:
         assert counts[row].item() == _dense_count(model, x[row], x_adv[row])
 
 
-def test_chain_walk_in_small_groups_matches_one_group(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chain_walk_groups_match_one_group(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(7)
     model = build_architecture("mlp:5-10-10-3").eval()
     x = torch.randn(9, 5)
