@@ -34,6 +34,7 @@ def results_or_evaluation(
     """
     from dataclasses import replace
 
+    from ..errors import OutputExistsError
     from ..pipeline import evaluate
     from ..results import load_results
 
@@ -45,7 +46,14 @@ def results_or_evaluation(
             "Pass --data, or pass a results.json in place of the model."
         )
     command = "robusteval " + " ".join(shlex.quote(argument) for argument in sys.argv[1:])
-    return evaluate(replace(config, model=target), out_dir=out_dir, force=force, command=command)
+    try:
+        return evaluate(replace(config, model=target), out_dir=out_dir, force=force, command=command)
+    except OutputExistsError:
+        # The pipeline's message suggests --resume, which only `robusteval run` has.
+        raise OutputExistsError(
+            f"Output directory {str(out_dir)!r} already contains results or partial results. "
+            "Pass --force to overwrite them, or choose another --out."
+        ) from None
 
 
 def run_directory_name(position: int, target: str) -> str:

@@ -7,7 +7,7 @@ evaluation is unreliable (flags of severity "error") and the policy fails on tha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import typer
 from rich.table import Table
@@ -17,18 +17,26 @@ from ._app import EXIT_OK, EXIT_THRESHOLD_FAILED, EXIT_UNRELIABLE, app, configur
 from .compare import is_results_file, results_or_evaluation
 
 if TYPE_CHECKING:
+    from .._types import Norm
     from ..gate import GateOutcome, Policy
 
 _EXIT_CODES = {"passed": EXIT_OK, "failed": EXIT_THRESHOLD_FAILED, "unreliable": EXIT_UNRELIABLE}
 
 
-def merge_eps_options(options: list[str], policy: Policy) -> tuple[str, ...]:
-    """Return ``--eps`` options (``NORM=EPS,...``) that cover both ``options`` and the policy's epsilons.
+def merge_eps_options(
+    options: list[str], policy: Policy, default_grid: Callable[[Norm], Sequence[float]] | None = None
+) -> tuple[str, ...]:
+    """Return ``--eps`` options (``NORM=EPS,...``) that cover ``options`` and every norm the policy uses.
 
+    Robust-accuracy thresholds add their epsilons. A norm that only a median-distance threshold
+    uses gets the epsilons of ``default_grid(norm)``, so the evaluation attacks under that norm.
     Without any option and without robust-accuracy thresholds, returns ``()`` so that the
-    evaluation takes its default grid.
+    evaluation takes its default grid, which covers both norms.
+
+    Raises:
+        ValueError: the policy needs a norm that no option covers and ``default_grid`` is ``None``.
     """
-    from .._types import Norm, parse_norm
+    from .._types import parse_norm
     from ..compare import find_epsilon
 
     grid: dict[Norm, list[float]] = {}
@@ -43,6 +51,17 @@ def merge_eps_options(options: list[str], policy: Policy) -> tuple[str, ...]:
         grid.setdefault(parse_norm(norm_text), []).extend(epsilons)
     for norm, epsilons in policy.epsilons().items():
         grid.setdefault(norm, []).extend(epsilons)
+    if grid:
+        for norm in policy.min_median_adversarial_distance:
+            if norm in grid:
+                continue
+            if default_grid is None:
+                raise ValueError(
+                    f"Expected --eps to cover the norm {norm}, which the policy's "
+                    f"min_median_adversarial_distance uses, but no epsilon for {norm} was given. "
+                    f"Pass --eps {norm}=EPS,... ."
+                )
+            grid[norm] = list(default_grid(norm))
 
     options_out = []
     for norm, epsilons in grid.items():
@@ -52,6 +71,27 @@ def merge_eps_options(options: list[str], policy: Policy) -> tuple[str, ...]:
                 unique.append(epsilon)
         options_out.append(f"{norm}={','.join(repr(epsilon) for epsilon in unique)}")
     return tuple(options_out)
+
+
+def default_grid_for(data: str) -> Callable[[Norm], Sequence[float]]:
+    """Return a function that gives the default epsilon grid of a norm for ``data``.
+
+    The data is loaded on the first call only, because it is needed only when the policy uses a
+    norm that neither ``--eps`` nor a robust-accuracy threshold covers.
+    """
+    from ..attacks import default_threat_models
+    from ..data import load_data
+
+    grids: dict[str, tuple[float, ...]] = {}
+
+    def default_grid(norm: Norm) -> Sequence[float]:
+        if not grids:
+            dataset = load_data(data)
+            for threat_model in default_threat_models(tuple(dataset.x.shape[1:]), dataset.bounds):
+                grids[threat_model.norm] = tuple(threat_model.epsilons)
+        return grids[norm]
+
+    return default_grid
 
 
 @app.command()
@@ -88,7 +128,8 @@ def gate(
             attack_spec: str | tuple[str, ...] = attacks if "," not in attacks else tuple(a.strip() for a in attacks.split(",") if a.strip())
             config = EvaluationConfig(
                 arch=arch, trust_pickle=trust_pickle, data=data, samples=samples, seed=seed,
-                eps=merge_eps_options(eps, policy), attacks=attack_spec, parameter_space=parameter_space,
+                eps=merge_eps_options(eps, policy, default_grid_for(data)), attacks=attack_spec,
+                parameter_space=parameter_space,
             )
         results = results_or_evaluation(model, config, out, force=force)
         outcome = evaluate_gate(results, policy, baseline)

@@ -172,3 +172,77 @@ def test_merge_eps_adds_policy_epsilons() -> None:
         merge_eps_options(["linf"], policy)
     with pytest.raises(ValueError, match="Expected numbers after '='"):
         merge_eps_options(["linf=small"], policy)
+
+
+def test_merge_eps_adds_distance_norm() -> None:
+    from robusteval.cli.gate import merge_eps_options
+    from robusteval.gate import Policy, RobustAccuracyThreshold
+
+    policy = Policy(
+        robust_accuracy=(RobustAccuracyThreshold("linf", 0.05, 0.5),),
+        min_median_adversarial_distance={"l2": 0.3, "linf": 0.01},
+    )
+    requested: list[str] = []
+
+    def default_grid(norm: str) -> list[float]:
+        requested.append(norm)
+        return [0.5, 1.0]
+
+    assert merge_eps_options([], policy, default_grid) == ("linf=0.05", "l2=0.5,1.0")
+    assert requested == ["l2"]
+    with pytest.raises(ValueError, match="Pass --eps l2=EPS"):
+        merge_eps_options([], policy)
+    distance_only = Policy(min_median_adversarial_distance={"l2": 0.3})
+    assert merge_eps_options([], distance_only, default_grid) == ()
+
+
+def test_default_grid_for_digits() -> None:
+    from robusteval.cli.gate import default_grid_for
+
+    grid = default_grid_for("digits")
+
+    # Digits have 64 features in [0, 1]: the L2 grid starts at 0.1 and ends at the box
+    # diameter sqrt(64) = 8, and the Linf grid ends at the box diameter 1.
+    assert grid("l2")[0] == pytest.approx(0.1)
+    assert grid("l2")[-1] == pytest.approx(8.0)
+    assert grid("linf")[-1] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_gate_model_attacks_every_policy_norm(tmp_path: Path) -> None:
+    import torch
+
+    from robusteval.architectures import build_architecture
+    from robusteval.results import load_results
+
+    torch.manual_seed(0)
+    model = tmp_path / "model.pt"
+    torch.save(build_architecture("mlp:64-12-10").state_dict(), model)
+    policy = tmp_path / "pass.toml"
+    policy.write_text(
+        POLICY.format(clean=0.0, extra="[gate.min_median_adversarial_distance]\nl2 = 0.0"), encoding="utf-8"
+    )
+    out = tmp_path / "run"
+    arguments = [
+        "gate", str(model), "--data", "digits", "--arch", "mlp:64-12-10", "--samples", "4", "--attacks", "pgd",
+        "--policy", str(policy), "--out", str(out), "--junit", str(tmp_path / "gate.xml"),
+    ]
+
+    first = CliRunner().invoke(app, arguments)
+
+    assert first.exit_code in (EXIT_OK, EXIT_THRESHOLD_FAILED), first.output
+    assert (tmp_path / "gate.xml").is_file()
+    norms = {threat_model.norm: threat_model.epsilons for threat_model in load_results(out / "results.json").threat_models}
+    assert norms["linf"] == [0.05]
+    assert norms["l2"][-1] == pytest.approx(8.0)
+
+    again = CliRunner().invoke(app, arguments)
+
+    assert again.exit_code == EXIT_BAD_INPUT, again.output
+    message = " ".join(again.output.split())
+    assert "--force" in message
+    assert "--resume" not in message
+
+    forced = CliRunner().invoke(app, [*arguments, "--force"])
+
+    assert forced.exit_code in (EXIT_OK, EXIT_THRESHOLD_FAILED), forced.output
