@@ -59,13 +59,16 @@ def test_direct_calls_match_robusteval() -> None:
     # Same attacks, settings, seeds and samples: the direct foolbox/torchattacks calls must
     # break exactly the samples robusteval breaks, or the overhead ratio compares different work.
     pipeline = _load("bench_pipeline")
-    overhead, attack_stage, agreement = pipeline.bench_pipeline(quick=True)
+    measurements = pipeline.bench_pipeline(quick=True)
 
-    assert agreement.passed is True
-    assert agreement.value == 0.0
-    assert overhead.passed is (overhead.value <= pipeline.OVERHEAD_TARGET_PERCENT)
-    assert math.isfinite(overhead.value) and overhead.value > -100
-    assert attack_stage.passed is None
+    # Three lines per workload: overhead, attack stage alone, agreement of robust accuracy.
+    assert len(measurements) == 3 * len(pipeline.WORKLOADS)
+    for overhead, attack_stage, agreement in zip(*[iter(measurements)] * 3):
+        assert agreement.passed is True
+        assert agreement.value == 0.0
+        assert overhead.passed is (overhead.value <= pipeline.OVERHEAD_TARGET_PERCENT)
+        assert math.isfinite(overhead.value) and overhead.value > -100
+        assert attack_stage.passed is None
 
 
 @pytest.mark.slow

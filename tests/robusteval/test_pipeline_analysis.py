@@ -71,3 +71,27 @@ def test_bracket_counts_match_samples(narrow_results):
 def samples_with_both(results, norm):
     return [s for s in results["samples"]
             if s["certified_radius"][norm] is not None and s["min_adversarial_distance"][norm] is not None]
+
+
+def test_tanh_network_gets_no_certificate(tmp_path):
+    """Certified radii assume a piecewise-linear network; a tanh network must not get any."""
+    torch.manual_seed(0)
+    x, y = (torch.from_numpy(a) for a in digits_split("train"))
+    model = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    path = tmp_path / "tanh.pt2"
+    program = torch.export.export(model.eval(), (x[:4],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+
+    results = evaluate(EvaluationConfig(model=str(path), samples=12, attacks=("fmn", "deepfool"),
+                                        parameter_space=False, bootstrap=20))
+
+    assert "not_piecewise_linear" in [flag.code for flag in results.flags]
+    for sample in results.samples:
+        assert sample.certified_radius.l2 is None and sample.certified_radius.linf is None
+        assert sample.certificate_exact == {"l2": False, "linf": False}
+        assert sample.linear_decision_distance.l2 is not None
