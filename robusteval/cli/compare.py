@@ -108,43 +108,61 @@ def compare(
             console.print(Text.assemble("HTML report: ", (str(out / "comparison.html"), "bold")))
 
 
+_STATISTIC_NAMES = {
+    "robust_accuracy": "robust accuracy",
+    "median_min_adversarial_distance": "median min. adv. distance",
+}
+
+
+def short_labels(labels: list[str]) -> dict[str, str]:
+    """Return a short column label (``M1``, ``M2``, ...) for each model label, in order."""
+    return {label: f"M{position + 1}" for position, label in enumerate(labels)}
+
+
 def print_comparison(comparison: Comparison) -> None:
-    """Print the side-by-side table, the paired tests and the notes of ``comparison``."""
+    """Print the side-by-side table, the paired tests and the notes of ``comparison``.
+
+    Models are columns under short labels with a legend, and metrics are rows, so that the
+    tables stay readable in an 80-column terminal for a few models.
+    """
     from ..reports.html import format_number, format_percent
 
+    short = short_labels(comparison.labels)
+    for label, name in short.items():
+        console.print(Text.assemble((f"{name}: ", "bold"), label), soft_wrap=True)
+
     table = Table(title="Models side by side")
-    table.add_column("model")
-    table.add_column("clean accuracy", justify="right")
-    for norm, epsilons in comparison.epsilons.items():
-        for epsilon in epsilons:
-            table.add_column(f"robust {norm} {epsilon:g}", justify="right")
-        table.add_column(f"median min. adv. distance {norm}", justify="right")
-    table.add_column("mean TS", justify="right")
+    table.add_column("metric")
     for row in comparison.rows:
-        cells: list[Text | str] = [Text(row.label), format_percent(row.clean_accuracy)]
-        for norm in comparison.epsilons:
-            cells += [format_percent(value) for value in row.robust_accuracy[norm]]
-            cells.append(format_number(row.median_min_adversarial_distance[norm]))
-        cells.append(format_number(row.mean_tangent_sensitivity))
-        table.add_row(*cells)
+        table.add_column(short[row.label], justify="right")
+    table.add_row("clean accuracy", *(format_percent(row.clean_accuracy) for row in comparison.rows))
+    for norm, epsilons in comparison.epsilons.items():
+        for position, epsilon in enumerate(epsilons):
+            table.add_row(f"robust acc. {norm} {epsilon:g}",
+                          *(format_percent(row.robust_accuracy[norm][position]) for row in comparison.rows))
+        table.add_row(f"median min. adv. distance {norm}",
+                      *(format_number(row.median_min_adversarial_distance[norm]) for row in comparison.rows))
+    table.add_row("mean tangent sensitivity", *(format_number(row.mean_tangent_sensitivity) for row in comparison.rows))
+    table.add_row("flags (error / warning)", *(f"{row.error_flags} / {row.warning_flags}" for row in comparison.rows))
     console.print(table)
 
-    tests = Table(title="McNemar exact tests (paired with the first model)")
-    for column in ("second", "outcome", "epsilon", "only first", "only second", "p-value"):
-        tests.add_column(column, justify="left" if column in ("second", "outcome") else "right")
+    first = short[comparison.labels[0]]
+    tests = Table(title=f"McNemar exact tests (paired with {first})")
+    for column in ("model", "outcome", "epsilon", f"only {first}", "only model", "p-value"):
+        tests.add_column(column, justify="left" if column in ("model", "outcome") else "right")
     for test in comparison.mcnemar:
         outcome = "clean" if test.norm is None else f"robust {test.norm}"
-        tests.add_row(Text(test.second), outcome, format_number(test.epsilon), str(test.only_first),
-                      str(test.only_second), format_number(test.p_value, 3))
+        tests.add_row(short.get(test.second, test.second), outcome, format_number(test.epsilon),
+                      str(test.only_first), str(test.only_second), format_number(test.p_value, 3))
     console.print(tests)
 
-    intervals = Table(title="Differences (second minus first), paired bootstrap")
-    for column in ("second", "statistic", "norm", "epsilon", "difference", "interval"):
-        intervals.add_column(column, justify="left" if column in ("second", "statistic", "norm") else "right")
+    intervals = Table(title=f"Differences (model minus {first}), paired bootstrap")
+    for column in ("model", "statistic", "norm", "epsilon", "difference", "interval"):
+        intervals.add_column(column, justify="left" if column in ("model", "statistic", "norm") else "right")
     for item in comparison.bootstrap:
         interval = item.note if item.low is None else f"[{format_number(item.low)}, {format_number(item.high)}]"
-        intervals.add_row(Text(item.second), item.statistic, item.norm, format_number(item.epsilon),
-                          format_number(item.difference), Text(str(interval)))
+        intervals.add_row(short.get(item.second, item.second), _STATISTIC_NAMES.get(item.statistic, item.statistic),
+                          item.norm, format_number(item.epsilon), format_number(item.difference), Text(str(interval)))
     console.print(intervals)
     for note in comparison.notes:
         console.print(Text(f"note: {note}"))

@@ -138,3 +138,26 @@ def test_compare_equals_separate_runs(tmp_path: Path) -> None:
         assert row.robust_accuracy["linf"] == alone.threat_models[0].robust_accuracy
         assert row.median_min_adversarial_distance["linf"] == median_min_adversarial_distance(alone, "linf")
     assert [s.index for s in from_cli[0].samples] == [s.index for s in separate[1].samples]
+
+
+def test_compare_table_fits_80_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from robusteval.cli import _app
+
+    # Console.width has a setter but no way back to "detect", so patch the stored value.
+    monkeypatch.setattr(_app.console, "_width", 80)
+    names = ("a-rather-long-model-name-trained-plainly", "a-rather-long-model-name-trained-adversarially")
+    paths = []
+    for name, shift in zip(names, (0.0, 0.03)):
+        path = tmp_path / f"{name}.json"
+        save_results(make_results(name, shift), path)
+        paths.append(str(path))
+
+    outcome = CliRunner().invoke(app, ["compare", *paths, "--out", str(tmp_path / "cmp"), "--bootstrap", "200",
+                                       "--no-html"])
+
+    assert outcome.exit_code == EXIT_OK, outcome.output
+    assert "…" not in outcome.output
+    assert max(len(line) for line in outcome.output.splitlines()) <= 80
+    assert f"M1: {names[0]}" in outcome.output
+    assert f"M2: {names[1]}" in outcome.output
+    assert "robust acc. linf 0.05" in outcome.output
