@@ -4,7 +4,11 @@ Built-in specs:
 
 * ``mlp:D-H1-...-K``: a ``torch.nn.Sequential`` of ``Flatten``, then ``Linear`` layers of the
   given widths with ``ReLU`` between them; ``D`` is the flattened input size, ``K`` the number
-  of classes. ``mlp:64-128-128-10`` has two hidden layers of 128 units.
+  of classes. ``mlp:64-128-128-10`` has two hidden layers of 128 units. Its keys are
+  ``1.weight``, ``1.bias``, ``3.weight``, ... because of the leading ``Flatten``. A state_dict of
+  a plain ``nn.Sequential(nn.Linear(64, 128), nn.ReLU(), ...)`` (keys ``0.weight``, ...) still
+  loads into it, because the loader matches tensors by position when only layers without
+  parameters differ.
 * ``cnn:CxHxW-C1-...-K``: 3x3 convolutions with stride 2 and padding 1 (channels ``C1``, ...),
   each followed by ``ReLU``, then ``Flatten`` and one ``Linear`` layer to ``K`` classes.
 

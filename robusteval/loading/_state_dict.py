@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,8 @@ CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
 # Prefixes added by torch.nn.DataParallel / DistributedDataParallel and by torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _LISTED = 5
+
+logger = logging.getLogger(__name__)
 
 
 def is_state_dict(value: object) -> bool:
@@ -52,10 +55,16 @@ def describe_checkpoint(value: object) -> str:
 
 
 def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str | None, source: str) -> nn.Module:
-    """Build the network ``arch`` names and load ``state_dict`` into it strictly.
+    """Build the network ``arch`` names and load ``state_dict`` into it.
+
+    Keys are matched by name first. When the names differ but the file's tensors match the
+    network's by position (see :func:`match_by_position`), for example a plain
+    ``nn.Sequential(nn.Linear, nn.ReLU, nn.Linear)`` loaded into the Flatten-first ``mlp:`` spec,
+    they are loaded in order and the match is logged at INFO level.
 
     Raises:
-        ModelLoadError: ``arch`` is missing, or the keys or shapes do not match the network.
+        ModelLoadError: ``arch`` is missing, or the tensors match the network neither by name nor
+            by position.
         ValueError: ``arch`` is not a valid architecture spec.
     """
     weights = strip_wrapper_prefixes(state_dict)
@@ -71,18 +80,61 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str | No
         )
 
     network = build_architecture(arch)
-    differences = _state_dict_differences(network.state_dict(), weights)
+    expected = network.state_dict()
+    differences = _state_dict_differences(expected, weights)
     if differences:
-        hint = f" The file's weight shapes fit --arch {suggestion}." if suggestion and suggestion != arch else ""
-        raise ModelLoadError(
-            f"The state_dict in {source} does not fit architecture {arch!r}: {'; '.join(differences)}.{hint} "
-            "Pass the --arch the model was trained with."
+        renamed = match_by_position(expected, weights)
+        if renamed is None:
+            hint = f" The file's weight shapes fit --arch {suggestion}." if suggestion and suggestion != arch else ""
+            raise ModelLoadError(
+                f"The state_dict in {source} does not fit architecture {arch!r}: {'; '.join(differences)}.{hint} "
+                "Pass the --arch the model was trained with."
+            )
+        logger.info(
+            "Matched the %d tensors of the state_dict in %s to architecture %r by position because their "
+            "names differ (file %s, architecture %s). Shapes and name suffixes agree in order. Layers "
+            "without parameters, such as Flatten or ReLU, are not compared.",
+            len(renamed), source, arch, _first_keys(weights), _first_keys(expected),
         )
+        weights = renamed
     try:
         network.load_state_dict(weights, strict=True)
     except RuntimeError as error:
         raise ModelLoadError(f"Could not load the state_dict in {source} into architecture {arch!r}: {error}") from None
     return network
+
+
+def match_by_position(
+    expected: Mapping[str, torch.Tensor], actual: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor] | None:
+    """Rename ``actual``'s tensors to ``expected``'s keys by position, or return ``None``.
+
+    The match holds when both have the same number of tensors and, pair by pair in order, the
+    same shape and the same last key component (``weight``, ``bias``, ``running_mean``, ...). Two
+    networks whose parameter and buffer layers are the same and which differ only in modules
+    without tensors (``Flatten``, ``ReLU``, ``Dropout``) then match, although their indices in
+    an ``nn.Sequential`` differ.
+    """
+    if len(expected) != len(actual):
+        return None
+    renamed: dict[str, torch.Tensor] = {}
+    for (expected_key, expected_value), (actual_key, actual_value) in zip(expected.items(), actual.items()):
+        if _key_suffix(expected_key) != _key_suffix(actual_key):
+            return None
+        if tuple(expected_value.shape) != tuple(actual_value.shape):
+            return None
+        renamed[expected_key] = actual_value
+    return renamed
+
+
+def _key_suffix(key: str) -> str:
+    return key.rpartition(".")[2]
+
+
+def _first_keys(weights: Mapping[str, torch.Tensor]) -> str:
+    keys = list(weights)
+    more = ", ..." if len(keys) > 3 else ""
+    return "[" + ", ".join(map(repr, keys[:3])) + more + "]"
 
 
 def _first_entry(weights: Mapping[str, torch.Tensor]) -> str:
@@ -108,10 +160,21 @@ def _state_dict_differences(expected: Mapping[str, torch.Tensor], actual: Mappin
 
 
 def suggest_mlp_spec(weights: Mapping[str, Any]) -> str | None:
-    """Return the ``mlp:`` spec whose network has exactly these keys and shapes, or ``None``."""
-    matrices = [value for key, value in weights.items() if key.endswith(".weight")]
-    if not matrices or not all(isinstance(value, torch.Tensor) and value.ndim == 2 for value in matrices):
+    """Return the ``mlp:`` spec that fits these weights, or ``None`` when they are no Linear chain.
+
+    The widths come from the 2-D ``*.weight`` matrices, in order: the first matrix's input width,
+    then each matrix's output width. The spec is returned only when each matrix's input width is
+    the previous one's output width and the spec's network matches ``weights`` by name or by
+    position (see :func:`match_by_position`), so ``weights`` can be loaded into it.
+    """
+    if not all(isinstance(value, torch.Tensor) for value in weights.values()):
         return None
+    matrices = [value for key, value in weights.items() if _key_suffix(key) == "weight"]
+    if not matrices or not all(value.ndim == 2 for value in matrices):
+        return None
+    for previous, following in zip(matrices[:-1], matrices[1:]):
+        if following.shape[1] != previous.shape[0]:
+            return None
     widths = [matrices[0].shape[1]] + [matrix.shape[0] for matrix in matrices]
     spec = "mlp:" + "-".join(str(width) for width in widths)
     try:
@@ -119,6 +182,6 @@ def suggest_mlp_spec(weights: Mapping[str, Any]) -> str | None:
             candidate = build_architecture(spec).state_dict()
     except ValueError:
         return None
-    if _state_dict_differences(candidate, weights):
+    if _state_dict_differences(candidate, weights) and match_by_position(candidate, weights) is None:
         return None
     return spec

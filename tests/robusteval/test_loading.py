@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import pathlib
 import pickle
 import zipfile
@@ -441,3 +442,166 @@ def test_zip_flagged_as_encrypted(tmp_path):
 
     with pytest.raises(ModelLoadError, match="encrypted"):
         load_model(encrypted, arch=ARCH)
+
+
+# --- state_dicts whose keys differ only by layers without parameters ----------------------------
+
+PLAIN_ARCH = "mlp:64-32-10"
+POSITION_LOG = "by position"
+
+
+def make_plain_sequential(seed: int = 0) -> nn.Module:
+    """The network a new user writes: no Flatten, so its Linear layers sit at indices 0 and 2."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+
+
+def plain_probe() -> torch.Tensor:
+    torch.manual_seed(123)
+    return torch.rand(5, 64)
+
+
+def position_records(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if POSITION_LOG in record.getMessage()]
+
+
+def test_plain_sequential_loads_by_position(tmp_path, caplog):
+    network = make_plain_sequential()
+    path = tmp_path / "mlp_sd.pt"
+    torch.save(network.state_dict(), path)
+    assert list(network.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+    with caplog.at_level(logging.INFO, logger="robusteval.loading"):
+        loaded = load_model(path, arch=PLAIN_ARCH)
+
+    assert loaded.format == "state_dict"
+    assert loaded.architecture == PLAIN_ARCH
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(plain_probe()), network(plain_probe()), rtol=0.0, atol=0.0)
+    records = position_records(caplog)
+    assert len(records) == 1
+    assert "'0.weight'" in records[0]
+    assert "'1.weight'" in records[0]
+
+
+def test_plain_sequential_dataparallel_prefix(tmp_path, caplog):
+    network = make_plain_sequential(1)
+    path = tmp_path / "ddp_plain.pt"
+    torch.save({f"module.{key}": value for key, value in network.state_dict().items()}, path)
+
+    with caplog.at_level(logging.INFO, logger="robusteval.loading"):
+        loaded = load_model(path, arch=PLAIN_ARCH)
+
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(plain_probe()), network(plain_probe()), rtol=0.0, atol=0.0)
+    assert len(position_records(caplog)) == 1
+
+
+def test_single_linear_loads_by_position(tmp_path):
+    torch.manual_seed(2)
+    network = nn.Linear(64, 10).eval()
+    path = tmp_path / "linear.pt"
+    torch.save(network.state_dict(), path)
+
+    loaded = load_model(path, arch="mlp:64-10")
+
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(plain_probe()), network(plain_probe()), rtol=0.0, atol=0.0)
+
+
+def test_matching_names_skip_position_log(tmp_path, caplog):
+    network = make_network()
+    path = tmp_path / "weights.pt"
+    torch.save(network.state_dict(), path)
+
+    with caplog.at_level(logging.INFO, logger="robusteval.loading"):
+        load_model(path, arch=ARCH)
+
+    assert position_records(caplog) == []
+
+
+def test_plain_sequential_wrong_widths_fails(tmp_path):
+    path = tmp_path / "mlp_sd.pt"
+    torch.save(make_plain_sequential().state_dict(), path)
+
+    with pytest.raises(ModelLoadError) as raised:
+        load_model(path, arch="mlp:64-16-10")
+    message = str(raised.value)
+    assert "does not fit architecture 'mlp:64-16-10'" in message
+    assert "missing keys: '1.weight', '1.bias', '3.weight', '3.bias'" in message
+    assert f"fit --arch {PLAIN_ARCH}" in message
+    assert "Pass the --arch the model was trained with" in message
+
+
+def test_same_shapes_other_suffixes_fail(tmp_path):
+    # Shapes agree in order with mlp:64-32-10, but the names are not weight/bias pairs.
+    weights = {
+        "0.weight": torch.zeros(32, 64),
+        "0.scale": torch.zeros(32),
+        "2.weight": torch.zeros(10, 32),
+        "2.bias": torch.zeros(10),
+    }
+    path = tmp_path / "renamed.pt"
+    torch.save(weights, path)
+
+    with pytest.raises(ModelLoadError, match="does not fit architecture 'mlp:64-32-10'"):
+        load_model(path, arch=PLAIN_ARCH)
+
+
+def test_extra_tensor_fails_position_match(tmp_path):
+    weights = dict(make_plain_sequential().state_dict())
+    weights["2.running_mean"] = torch.zeros(10)
+    path = tmp_path / "extra.pt"
+    torch.save(weights, path)
+
+    with pytest.raises(ModelLoadError, match="unexpected keys: '0.weight'"):
+        load_model(path, arch=PLAIN_ARCH)
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        pytest.param(lambda: make_plain_sequential().state_dict(), "mlp:64-32-10", id="plain-sequential"),
+        pytest.param(
+            lambda: {f"module.{key}": value for key, value in make_plain_sequential().state_dict().items()},
+            "mlp:64-32-10",
+            id="dataparallel",
+        ),
+        pytest.param(
+            lambda: nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 24), nn.ReLU(), nn.Linear(24, 7)).state_dict(),
+            "mlp:64-48-24-7",
+            id="three-layers",
+        ),
+        pytest.param(lambda: nn.Linear(20, 4).state_dict(), "mlp:20-4", id="single-linear"),
+    ],
+)
+def test_suggested_arch_from_chain(tmp_path, weights, expected):
+    path = tmp_path / "weights.pt"
+    torch.save(weights(), path)
+
+    with pytest.raises(ModelLoadError) as raised:
+        load_model(path)
+    message = str(raised.value)
+    assert f"--arch {expected} " in message
+    assert f"arch={expected!r}" in message
+
+    # The suggestion must load the same file.
+    assert load_model(path, arch=expected).architecture == expected
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        pytest.param(lambda: {"0.weight": torch.zeros(32, 64), "2.weight": torch.zeros(10, 16)}, id="broken-chain"),
+        pytest.param(lambda: nn.Conv2d(1, 4, 3).state_dict(), id="convolution"),
+        pytest.param(lambda: {"0.weight": torch.zeros(32, 64), "0.scale": torch.zeros(32)}, id="unknown-suffix"),
+    ],
+)
+def test_suggested_arch_generic_without_chain(tmp_path, weights):
+    path = tmp_path / "weights.pt"
+    torch.save(weights(), path)
+
+    with pytest.raises(ModelLoadError) as raised:
+        load_model(path)
+
+    assert "--arch mlp:64-128-10 " in str(raised.value)
