@@ -53,14 +53,22 @@ def _summary_panel(results: Results) -> Panel:
     lines.add_row("clean accuracy", f"{results.clean_accuracy:.1%}")
     for threat_model in results.threat_models:
         if threat_model.robust_accuracy:
-            worst = threat_model.robust_accuracy[-1]
-            lines.add_row(f"robust accuracy ({threat_model.norm})",
-                          f"{worst:.1%} at eps={threat_model.epsilons[-1]:g}")
+            lines.add_row(f"robust accuracy ({threat_model.norm})", Text(_curve_summary(threat_model)))
     seconds = results.timing.get("total_seconds")
     lines.add_row("environment", Text(f"torch {environment.torch}, foolbox {environment.foolbox}, "
                                       f"torchattacks {environment.torchattacks}, device {environment.device}, "
                                       f"seed {environment.seed}" + (f", {seconds:.1f} s" if seconds else "")))
     return Panel(lines, title="robusteval", title_align="left", border_style="cyan")
+
+
+def _curve_summary(threat_model: Any, limit: int = 6) -> str:
+    """Describe robust accuracy against epsilon up to the first epsilon where it reaches zero."""
+    points = []
+    for epsilon, accuracy in zip(threat_model.epsilons, threat_model.robust_accuracy):
+        points.append(f"{accuracy:.1%} at {epsilon:g}")
+        if accuracy == 0 or len(points) == limit:
+            break
+    return ", ".join(points)
 
 
 def _accuracy_table(results: Results) -> Table:
@@ -155,13 +163,16 @@ def _parameter_space_table(section: dict[str, Any]) -> Group:
     curves.add_column("scales", overflow="fold")
     curves.add_column("accuracy", overflow="fold")
     curves.add_column("acc. -0.1 at", justify="right")
+    curves.caption = ("acc. -0.1 at: the scale where accuracy falls 0.1 below clean accuracy (searched for noise, "
+                      "interpolated on the grid for AWP).")
     for curve in section.get("weight_noise", []) or []:
         curves.add_row(f"Gaussian noise ({curve.get('mode')})", _numbers(curve.get("scales", [])),
                        _numbers(curve.get("accuracy", [])), _number(curve.get("sharpness_sigma")))
     adversarial = section.get("adversarial_weights")
     if isinstance(adversarial, dict):
         curves.add_row("adversarial weights (AWP)", _numbers(adversarial.get("scales", [])),
-                       _numbers(adversarial.get("accuracy", [])), _number(adversarial.get("sharpness_gamma")))
+                       _numbers(adversarial.get("accuracy", [])),
+                       _number(_scale_at_drop(adversarial.get("scales", []), adversarial.get("accuracy", []))))
     parts.append(curves)
 
     facts = Table.grid(padding=(0, 2))
@@ -189,17 +200,35 @@ def _parameter_space_table(section: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
+def _scale_at_drop(scales: Sequence[float], accuracy: Sequence[float], drop: float = 0.1) -> float | None:
+    """Return the scale where the measured curve first falls ``drop`` below its value at the first scale.
+
+    Interpolated linearly between the two grid points around the crossing; ``None`` when the
+    curve never falls that far.
+    """
+    if len(scales) < 2 or len(scales) != len(accuracy):
+        return None
+    target = accuracy[0] - drop
+    for (left, right), (above, below) in zip(zip(scales, scales[1:]), zip(accuracy, accuracy[1:])):
+        if below <= target < above:
+            return left + (right - left) * (above - target) / (above - below)
+    return None
+
+
 def _bounds_table(bounds: dict[str, Any]) -> Table:
     table = Table(title="Bounds on tangent sensitivity", title_justify="left")
     table.add_column("bound")
     table.add_column("value", justify="right")
     table.add_column("held on all samples", justify="center")
     table.add_column("tightness (bound / max)", justify="right")
+    reasons: set[str] = set()
     for name, entry in bounds.items():
         if not isinstance(entry, dict) or "value" not in entry:
             continue
         if entry.get("applies") is False:
-            table.add_row(name, "-", "n/a", Text(str(entry.get("reason", "does not apply")), style="dim"))
+            reason = str(entry.get("reason", "does not apply"))
+            table.add_row(name.replace("_", " "), "-", "n/a", Text("see below" if reason in reasons else reason, style="dim"))
+            reasons.add(reason)
             continue
         held = entry.get("held_on_all_samples")
         mark = Text("yes", style="green") if held else Text("NO", style="bold red") if held is False else Text("-")

@@ -247,6 +247,10 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates the file readable by its owner only; results are meant to be shared.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

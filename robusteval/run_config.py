@@ -59,6 +59,8 @@ def load_run_table(path: str | Path) -> dict[str, Any]:
         ValueError: the file is not TOML, or a key is unknown or has the wrong type.
     """
     source = Path(path)
+    if not source.is_file():
+        raise ValueError(f"Config file not found: {str(source)!r}. Pass the path of a robusteval.toml with a [run] table.")
     try:
         document = tomllib.loads(source.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:

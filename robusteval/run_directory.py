@@ -70,11 +70,15 @@ class RunDirectory:
                         f"Cannot resume the run in {str(self.root)!r}: its configuration differs in {', '.join(changed)}. "
                         "Re-run with the original options, or pass --force to start over."
                     )
-        elif has_results or has_partial:
-            what = "results" if has_results else "partial results of an interrupted run"
+        elif has_partial:
             raise OutputExistsError(
-                f"Output directory {str(self.root)!r} already holds {what}. "
-                "Pass --resume to continue an interrupted run, --force to overwrite, or choose another --out."
+                f"Output directory {str(self.root)!r} already holds partial results of an interrupted run. "
+                "Pass --resume to continue it, --force to start over, or choose another --out."
+            )
+        elif has_results:
+            raise OutputExistsError(
+                f"Output directory {str(self.root)!r} already holds results. "
+                "Pass --force to overwrite them, or choose another --out."
             )
 
         self.partial.mkdir(parents=True, exist_ok=True)

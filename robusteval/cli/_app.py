@@ -28,7 +28,11 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+# Output that is not a terminal (a file, a pipe, CI logs) would otherwise be cut to 80 columns.
+_WIDTH_WHEN_NOT_A_TERMINAL = 120
 console = Console()
+if not console.is_terminal:
+    console = Console(width=_WIDTH_WHEN_NOT_A_TERMINAL)
 error_console = Console(stderr=True)
 
 
@@ -64,6 +68,8 @@ def configure_logging(verbose: int) -> None:
     logger = logging.getLogger("robusteval")
     logger.handlers[:] = [handler]
     logger.setLevel(level)
+    # Attack libraries may configure the root logger; without this every record prints twice.
+    logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,7 +38,7 @@ def run(
     probes: int = typer.Option(64, "--probes", min=1, help="Gaussian probes for the Hutchinson estimate."),
     noise_draws: int = typer.Option(8, "--noise-draws", min=1, help="Weight-noise draws per scale."),
     weight_steps: int = typer.Option(10, "--weight-steps", min=1, help="Gradient steps of the adversarial-weight and tangent-shift searches."),
-    tangent_shift_epsilon: Optional[float] = typer.Option(None, "--tangent-shift-eps", min=0.0, help="L2 radius of the tangent-shift search. Default: the median certified L2 radius."),
+    tangent_shift_epsilon: Optional[float] = typer.Option(None, "--tangent-shift-eps", min=0.0, help="L2 radius of the tangent-shift search. Default: the median certified L2 radius of the first block (--block-size samples)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the rank-correlation intervals."),
     block_size: int = typer.Option(128, "--block-size", min=1, help="Samples per block: the unit of seeding, saving and sharding across workers."),
     memory_budget_mib: int = typer.Option(2048, "--memory-budget", min=16, help="Memory the geometry stage may use at once, in MiB."),
@@ -47,7 +47,7 @@ def run(
     workers: int = typer.Option(1, "--workers", min=1, help="Processes to shard the samples over on this machine (launches torchrun; gloo backend on the CPU, NCCL with --device cuda, one GPU per process)."),
     worker_timeout: float = typer.Option(1800.0, "--worker-timeout", min=1.0, help="Seconds a process of a multi-process run waits for the others (joining, and gathering the results) before it stops with an error."),
     html: bool = typer.Option(True, "--html/--no-html", help="Write DIR/report.html."),
-    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file whose [run] table sets defaults for these options (threat models under [run.eps]); options on the command line win."),
+    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file whose \\[run] table sets defaults for these options (threat models under \\[run.eps]); options on the command line win."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to standard error (-vv for debug)."),
 ) -> None:
     """Evaluate one model: geometry, attacks, parameter space, bounds; print the report and write results."""
