@@ -84,6 +84,9 @@ FLAG_EXPLANATIONS = {
     ),
 }
 
+# Chart titles longer than this overflow the 520-pixel SVG width at the 12-pixel bold title font.
+MAX_CHART_TITLE = 64
+
 SCATTER_SCORES = (
     ("tangent sensitivity (predicted class)", "tangent_sensitivity"),
     ("region distance", "region_distance"),
@@ -199,6 +202,14 @@ def _at(values: Sequence[Any], position: int) -> Any:
     return values[position] if position < len(values) else None
 
 
+def chart_title(title: str, limit: int = MAX_CHART_TITLE) -> str:
+    """Return ``title``, cut at a word boundary and ended with an ellipsis if it exceeds ``limit`` characters."""
+    if len(title) <= limit:
+        return title
+    cut = title[: limit - 1].rsplit(" ", 1)[0]
+    return cut + "…"
+
+
 def _scatter_section(results: Results) -> list[Markup]:
     charts = []
     norms = [tm.norm for tm in results.threat_models]
@@ -211,7 +222,7 @@ def _scatter_section(results: Results) -> list[Markup]:
             norm_suffix = f" ({norm})" if attribute.endswith("distance") or attribute == "certified_radius" else ""
             charts.append(scatter_chart(
                 [Series("", scores, list(distances))],
-                title=f"{title}{norm_suffix} against minimal adversarial distance ({norm})",
+                title=chart_title(f"{title.removesuffix(' (predicted class)')}{norm_suffix} vs. min. adv. distance ({norm})"),
                 x_label=f"{title}{norm_suffix}", y_label=f"minimal adversarial distance ({norm})",
             ))
     return charts
@@ -253,6 +264,55 @@ def _flatten_scalars(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
+# Readable names of the parameter-space keys that robusteval.attacks.parameter.section writes.
+PARAMETER_SPACE_NAMES = {
+    "weight_noise": "weight noise",
+    "adversarial_weights": "adversarial weights",
+    "sample_radii": "per-sample radii",
+    "tangent_shift": "tangent shift",
+    "single_example_update": "single-example update",
+    "adversarial_weight": "adversarial weight radius",
+    "adversarial_weight_first_order": "adversarial weight radius, first-order estimate",
+    "first_order_spearman": "Spearman correlation of the radius and its first-order estimate",
+    "weight_noise_vs_adversarial_spearman": "Spearman correlation of the weight-noise and adversarial radii",
+    "share_crossed": "share of samples that crossed their activation region",
+    "bound_violations_inside_region": "bound violations inside the region",
+    "samples_inside_region": "samples inside the region",
+    "achieved": "achieved change",
+    "bound": "bound on the change",
+    "achieved_over_bound_inside_region": "achieved change over bound, inside the region",
+    "accuracy_std": "standard deviation of the accuracy",
+    "sharpness_sigma": "noise sharpness sigma",
+    "num_eval": "evaluated samples",
+    "delta_l2": "parameter step (L2)",
+}
+
+_SUMMARY_KEYS = frozenset({"count", "finite", "min", "q25", "median", "q75", "max", "mean"})
+
+
+def _readable(key: str) -> str:
+    return PARAMETER_SPACE_NAMES.get(key, key.replace("_", " "))
+
+
+def _is_summary(value: Any) -> bool:
+    """Return whether ``value`` is a distribution summary (count, quartiles, range) of a quantity."""
+    return isinstance(value, Mapping) and {"median", "min", "max"} <= set(value) and set(value) <= _SUMMARY_KEYS
+
+
+def _parameter_table(name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Split one parameter-space entry into distribution summaries and readable key-value rows."""
+    summaries: list[dict[str, Any]] = []
+    scalars: dict[str, Any] = {}
+    for key, value in entry.items():
+        if _is_summary(value):
+            summaries.append({"quantity": _readable(key)} | {field: value.get(field) for field in _SUMMARY_KEYS})
+        else:
+            scalars[key] = value
+    rows = [(" ".join(_readable(part) for part in dotted.split(".")), value)
+            for dotted, value in _flatten_scalars(scalars)]
+    return {"name": name, "summaries": summaries, "rows": rows}
+
+
 def _parameter_space_section(parameter_space: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not parameter_space:
         return None
@@ -261,14 +321,18 @@ def _parameter_space_section(parameter_space: Mapping[str, Any] | None) -> dict[
     for name, value in parameter_space.items():
         entries = value if isinstance(value, list) else [value]
         for entry in entries:
+            label = _readable(str(name))
+            if isinstance(entry, Mapping) and entry.get("mode"):
+                label = f"{label} ({entry['mode']})"
             if _is_curve(entry):
-                mode = entry.get("mode")
-                curves.append(Series(f"{name} ({mode})" if mode else str(name), entry["scales"], entry["accuracy"]))
-                extra = {key: item for key, item in entry.items() if key not in ("scales", "accuracy")}
+                curves.append(Series(label, entry["scales"], entry["accuracy"]))
+                extra = {key: item for key, item in entry.items() if key not in ("scales", "accuracy", "mode")}
                 if extra:
-                    tables.append({"name": f"{name} ({mode})" if mode else str(name), "rows": _flatten_scalars(extra)})
-            else:
-                tables.append({"name": str(name), "rows": _flatten_scalars(entry)})
+                    tables.append(_parameter_table(label, extra))
+            elif isinstance(entry, Mapping):
+                tables.append(_parameter_table(label, entry))
+            elif entry is not None:
+                tables.append({"name": label, "summaries": [], "rows": [(label, entry)]})
     chart = None
     if curves:
         chart = line_chart(

@@ -159,7 +159,7 @@ def test_sections_present_with_data() -> None:
         "Region distance and certified radius", "Parameter space", "Bounds", "Predictive validity", "Flags",
         "Reproducibility",
     ]
-    assert "share_crossed_unusual_key" in page
+    assert "share crossed unusual key" in page  # unknown keys are shown with spaces for underscores
     assert "product_of_max_weights" in page
     assert "robusteval run model.pt --data digits --seed 7" in page
 
@@ -216,3 +216,44 @@ def test_write_html_creates_file(tmp_path: pytest.TempPathFactory) -> None:
     text = target.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>")
     assert text.rstrip().endswith("</html>")
+
+
+def test_chart_titles_fit_svg_width() -> None:
+    from robusteval.reports.html import MAX_CHART_TITLE, chart_title
+
+    page = render_html(make_results())
+    titles = re.findall(r'<text class="chart-title"[^>]*>([^<]*)</text>', page)
+
+    assert len(titles) >= 5
+    assert max(len(title) for title in titles) <= MAX_CHART_TITLE
+    assert "tangent sensitivity vs. min. adv. distance (linf)" in titles
+    assert chart_title("a " * 40, limit=10) == "a a a a…"
+    assert chart_title("short", limit=10) == "short"
+
+
+def test_parameter_space_summaries_table() -> None:
+    summary = {"count": 12, "finite": 11, "min": 0.125, "q25": 0.25, "median": 0.5, "q75": 0.75, "max": 2.5,
+               "mean": 0.625}
+    results = make_results(parameter_space={
+        "sample_radii": {"adversarial_weight_first_order": summary, "first_order_spearman": 0.875},
+    })
+
+    page = render_html(results)
+    section = page[page.index('<section id="parameter-space">'):page.index('<section id="bounds">')]
+    text = " ".join(re.sub(r"<[^>]+>", " ", section).split())
+
+    assert "q25" not in section
+    assert "adversarial_weight_first_order" not in section
+    assert "per-sample radii" in text
+    assert "adversarial weight radius, first-order estimate 0.5 0.125 to 2.5 0.25 to 0.75 0.625 11 / 12" in text
+    assert "Spearman correlation of the radius and its first-order estimate 0.875" in text
+
+
+def test_comparison_tables_scroll() -> None:
+    first, second = make_results("first.pt"), make_results("second.pt", shift=0.01)
+
+    page = render_comparison_html(compare_results([first, second], seed=0, resamples=200))
+
+    for table in ("side-by-side", "mcnemar", "bootstrap"):
+        assert f'<div class="table-scroll"><table class="{table}">' in page
+    assert ".table-scroll { max-width: 100%; overflow-x: auto; }" in page
