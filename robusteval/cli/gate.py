@@ -106,7 +106,7 @@ def gate(
     seed: int = typer.Option(0, "--seed", help="Seed for torch, numpy and every attack."),
     samples: Optional[int] = typer.Option(None, "--samples", "-n", min=1, help="Evaluate only the first N samples."),
     attacks: str = typer.Option("quick", "--attacks", help="Attack suite (quick, standard, thorough) or a comma-separated list of attacks."),
-    eps: list[str] = typer.Option([], "--eps", help="Extra threat models as NORM=EPS,EPS,...; the policy's epsilons are always added."),
+    eps: list[str] = typer.Option([], "--eps", help="Extra threat models as NORM=EPS,EPS,... . The policy's epsilons are always added, and a norm used only by its distance threshold gets the default grid."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for state_dict files."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a fully pickled model. Unpickling runs arbitrary code: use only for files you trust."),
     parameter_space: bool = typer.Option(False, "--parameter-space/--no-parameter-space", help="Also run the parameter-space attacks (no threshold uses them)."),
