@@ -391,6 +391,15 @@ def _evaluate_block(
             generator=generator, memory_budget=config.memory_budget,
         )
     geometry, affine_flags = _check_affine_claims(context.model, x, geometry, derive_seed(config.seed, "affine", start))
+    if bool(torch.isnan(geometry.region_distance["l2"]).all()) and not affine_flags:
+        affine_flags.append(Flag(
+            "region_distance_unavailable", "warning",
+            "robusteval could not locate this model's ReLUs (for example a TorchScript module other than a "
+            "Sequential, whose ReLUs run inside its own forward), so region distances and certified radii are "
+            "unavailable; tangent sensitivity, linear decision distances and attacks are not affected. Save the "
+            "model with torch.export (.pt2), or as a state_dict with --arch, to get them.",
+            "geometry",
+        ))
     _add_time(timing, "geometry_seconds", tick)
 
     tick = time.perf_counter()
@@ -433,7 +442,8 @@ def _check_affine_claims(model: nn.Module, x: torch.Tensor, geometry: Any, seed:
     """
     region = geometry.region_distance["l2"]
     decision = geometry.linear_decision_distance["l2"]
-    claimed = torch.isfinite(decision) & (decision > 0) & ~(region < decision)
+    # A NaN region distance claims nothing: the radius is already unavailable there.
+    claimed = torch.isfinite(decision) & (decision > 0) & ~torch.isnan(region) & (region >= decision)
     if not bool(claimed.any()):
         return geometry, []
 

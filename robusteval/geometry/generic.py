@@ -57,6 +57,8 @@ def generic_tangent_sensitivity(
         memory_budget: bytes that one vectorized chunk of (sample, direction) items may use.
     """
     draw_device = generator.device if generator is not None else torch.device("cpu")
+    if isinstance(model, torch.jit.ScriptModule) and _rebuild_scripted(model) is None:
+        return _scripted_tangent_sensitivity(model, x, exact=exact, probes=probes, generator=generator)
     module = eager_equivalent(model, x)
     params = {name: p.detach() for name, p in module.named_parameters()}
     buffers = {name: b.detach() for name, b in module.named_buffers()}
@@ -114,6 +116,83 @@ def generic_tangent_sensitivity(
     # Delta method: the standard error of sqrt(m) is se(m) / (2 sqrt(m)).
     stderr = torch.where(ts > 0, stderr_of_mean / (2 * ts), stderr_of_mean.sqrt())
     return ts, stderr
+
+
+def _scripted_tangent_sensitivity(
+    model: nn.Module, x: Tensor, *, exact: bool, probes: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor | None]:
+    """Tangent sensitivity of a TorchScript module that torch.func cannot run, by double backward.
+
+    ``T_k u = d/dtheta (grad_x f_k(x) . u)``, so each product is one backward pass through the
+    graph of ``grad_x f_k`` built with ``create_graph=True``; the directions of one sample and
+    output go through together as a batched backward (``is_grads_batched``), or one at a time
+    where the scripted graph does not support that. This costs ``N * K`` graph builds and is
+    much slower than the torch.func path, which is why it is used only for scripted modules
+    that cannot be rebuilt in eager form.
+    """
+    parameters: list[Tensor] = list(model.parameters())
+    flags = [parameter.requires_grad for parameter in parameters]
+    try:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        # The optimized TorchScript executor builds differentiable subgraphs without double
+        # backward; the plain interpreter records ordinary autograd nodes.
+        with torch.jit.optimized_execution(False), torch.enable_grad():
+            rows = _scripted_rows(model, x, parameters, exact=exact, probes=probes, generator=generator)
+    finally:
+        for parameter, flag in zip(parameters, flags):
+            parameter.requires_grad_(flag)
+    squared = torch.stack(rows).detach()  # (N, directions, K)
+
+    if exact:
+        return squared.sum(dim=1).sqrt(), None
+    mean = squared.mean(dim=1)
+    stderr_of_mean = squared.std(dim=1) / math.sqrt(probes) if probes > 1 else torch.full_like(mean, math.inf)
+    ts = mean.sqrt()
+    stderr = torch.where(ts > 0, stderr_of_mean / (2 * ts), stderr_of_mean.sqrt())
+    return ts, stderr
+
+
+def _scripted_rows(
+    model: nn.Module, x: Tensor, parameters: list[Tensor], *, exact: bool, probes: int, generator: torch.Generator | None
+) -> list[Tensor]:
+    """Return, per sample, the squared norms ``||T_k u||^2`` of every direction and output, ``(directions, K)``."""
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+    sample_shape = x.shape[1:]
+    d = math.prod(sample_shape)
+    rows: list[Tensor] = []
+    for sample in x:
+        point = sample.unsqueeze(0).detach().requires_grad_(True)
+        logits = model(point)  # (1, K)
+        if exact:
+            directions = torch.eye(d, dtype=x.dtype, device=x.device).reshape(d, 1, *sample_shape)
+        else:
+            directions = torch.randn(
+                probes, 1, *sample_shape, generator=generator, dtype=x.dtype, device=draw_device
+            ).to(x.device)
+        per_output = []
+        for k in range(logits.shape[1]):
+            (gradient,) = torch.autograd.grad(logits[0, k], point, create_graph=True, retain_graph=True)
+            per_output.append(_squared_products(gradient, parameters, directions))  # (directions,)
+        rows.append(torch.stack(per_output, dim=1).detach())  # (directions, K)
+    return rows
+
+
+def _squared_products(gradient: Tensor, parameters: list[Tensor], directions: Tensor) -> Tensor:
+    """Return ``||d/dtheta (gradient . u)||^2`` for each direction ``u`` in ``directions``, ``(S,)``."""
+    try:
+        products = torch.autograd.grad(
+            gradient, parameters, grad_outputs=directions, retain_graph=True, allow_unused=True, is_grads_batched=True
+        )
+        return sum((p.reshape(p.shape[0], -1).square().sum(dim=1) for p in products if p is not None),
+                   torch.zeros(directions.shape[0], dtype=gradient.dtype, device=gradient.device))
+    except RuntimeError:
+        values = []
+        for direction in directions:
+            single = torch.autograd.grad(gradient, parameters, grad_outputs=direction, retain_graph=True, allow_unused=True)
+            values.append(sum((p.square().sum() for p in single if p is not None),
+                              torch.zeros((), dtype=gradient.dtype, device=gradient.device)))
+        return torch.stack(values)
 
 
 @torch.no_grad()

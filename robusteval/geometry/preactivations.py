@@ -111,13 +111,13 @@ def _eager_runner(model: nn.Module) -> PreactivationRunner:
 
 def _scripted_runner(model: torch.jit.ScriptModule) -> PreactivationRunner:
     if _scripted_kind(model) != "Sequential":
-        if _graph_has_relu(model):
-            raise ValueError(
-                f"Expected a TorchScript Sequential whose ReLUs are separate children, but got a scripted "
-                f"{_scripted_kind(model)!r} that calls ReLU inside its own forward. Pass the eager module "
-                "or script an nn.Sequential instead."
-            )
-        return lambda x: (model(x), [])
+        # Its own forward may call ReLU, tanh or anything else in ways its graph does not show
+        # reliably, so "no ReLU found" must not be read as "no hidden units".
+        raise ValueError(
+            f"Expected a TorchScript Sequential whose ReLUs are separate children, but got a scripted "
+            f"{_scripted_kind(model)!r} with its own forward. Pass the eager module, a torch.export "
+            "program, or script an nn.Sequential instead."
+        )
     _check_scripted_children(model)
 
     def run(x: Tensor) -> tuple[Tensor, list[Tensor]]:

@@ -240,15 +240,19 @@ class _ReluBlock(nn.Module):
         return torch.relu(x)
 
 
-def test_scripted_custom_block_raises() -> None:
+def test_scripted_custom_block_has_no_region_distance() -> None:
+    """A scripted module hides its ReLUs: tangent sensitivity still comes out exact, regions do not."""
     torch.manual_seed(4)
     eager = nn.Sequential(nn.Linear(3, 5), _ReluBlock(), nn.Linear(5, 2)).double().eval()
     x = _inputs(2, 3, seed=4)
-    with pytest.raises(ValueError, match="Pass the eager module"):
-        local_linear_analysis(torch.jit.script(eager), x)
+    scripted = local_linear_analysis(torch.jit.script(eager), x, method="exact")
     result = local_linear_analysis(eager, x)
     assert result.method == "closed_form"
     assert torch.isfinite(result.region_distance["l2"]).all()
+    assert torch.isnan(scripted.region_distance["l2"]).all()
+    assert torch.isnan(scripted.certified_radius["l2"]).all()
+    torch.testing.assert_close(scripted.tangent_sensitivity, result.tangent_sensitivity, rtol=1e-9, atol=0)
+    torch.testing.assert_close(scripted.linear_decision_distance["l2"], result.linear_decision_distance["l2"])
 
 
 def test_integer_inputs_raise() -> None:

@@ -136,3 +136,35 @@ def test_run_matches_independent_references(kind, model_files, tmp_path):
                 assert sample["certified_radius"][norm] <= found * (1 + 1e-5)
                 compared += 1
     assert compared > 0
+
+
+class _ScriptedNet(nn.Module):
+    """A model written as a class, the most common way to write one; scripted, its ReLU is hidden."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 12)
+        self.fc2 = nn.Linear(12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_run_on_scripted_class_model(tmp_path):
+    x, y = (torch.from_numpy(a) for a in digits_split("train"))
+    torch.manual_seed(4)
+    model = train(_ScriptedNet(), x, y)
+    path = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+
+    results = evaluate(EvaluationConfig(model=str(path), samples=SAMPLES, attacks=("fmn", "deepfool"),
+                                        parameter_space=False, bootstrap=20), out_dir=tmp_path / "out")
+
+    codes = [flag.code for flag in results.flags]
+    assert "region_distance_unavailable" in codes
+    written_ts = torch.tensor([s.tangent_sensitivity for s in results.samples], dtype=torch.float64)
+    expected_ts = reference_tangent_sensitivity(model.double(), load_data("digits").x[:SAMPLES].double())
+    torch.testing.assert_close(written_ts, expected_ts, rtol=RELATIVE_TOLERANCE, atol=0)
+    for sample in results.samples:
+        assert sample.region_distance.l2 is None and sample.certified_radius.l2 is None
+        assert sample.linear_decision_distance.l2 is not None
