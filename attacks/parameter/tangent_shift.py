@@ -34,7 +34,7 @@ from ._functional import (
     parameter_tensors,
     samples_per_chunk,
 )
-from ._patterns import activation_pattern, has_rectifier_modules
+
 from .state import preserved_state
 
 logger = logging.getLogger(__name__)
@@ -245,17 +245,27 @@ def _ascend(
 
 
 def _crossed_region(model: nn.Module, x: Tensor, delta: Tensor, distance: Tensor, epsilon: float) -> Tensor:
-    """Return ``(N,)`` whether x + delta lies in another activation region than x."""
-    if not has_rectifier_modules(model):
+    """Return ``(N,)`` whether x + delta lies in another activation region than x.
+
+    The patterns come from :func:`robusteval.geometry.hidden_preactivations`, which also finds
+    ReLUs called as functions and those of ``torch.export`` programs.
+    """
+    from robusteval.geometry import hidden_preactivations
+
+    try:
+        with torch.no_grad():
+            before = [layer > 0 for layer in hidden_preactivations(model, x)]
+            after = [layer > 0 for layer in hidden_preactivations(model, x + delta)]
+    except ValueError:
+        before = after = []
+    if not before:
         warnings.warn(
-            "The model has no nn.ReLU modules, so region crossings cannot be read from activation patterns; "
-            "counting every sample whose region distance is not above epsilon as crossed.",
+            "The model's ReLUs could not be located, so region crossings cannot be read from activation "
+            "patterns; counting every sample whose region distance is not above epsilon as crossed.",
             stacklevel=3,
         )
         return ~(epsilon < distance)
-    before = activation_pattern(model, x)
-    after = activation_pattern(model, x + delta)
-    return (before != after).any(dim=1)
+    return (torch.cat(before, dim=1) != torch.cat(after, dim=1)).any(dim=1)
 
 
 def _predicted_class_sensitivity(sensitivity: Tensor, predicted: Tensor, num_classes: int) -> Tensor:
