@@ -113,7 +113,7 @@ class EvaluationConfig:
 
 @dataclass
 class _Context:
-    """What the stages share: the loaded model and data, and settings derived from them."""
+    """Shared state of the stages: the loaded model and data, and settings derived from them."""
 
     config: EvaluationConfig
     model: nn.Module
@@ -506,7 +506,7 @@ def _regions_crossed(
                     context.region_walker = RegionWalker(context.model, x)
                 values = context.region_walker.count(x[found], adversarial[found])
             except ValueError as error:
-                # Models whose ReLUs cannot be located have no region walk; say so once.
+                # Models whose ReLUs cannot be located have no region walk, which one flag records.
                 flags.append(Flag("region_walk_unavailable", "info", str(error), "analysis"))
                 return {}
             for position, value in zip(torch.nonzero(found).flatten().tolist(), values.tolist()):
