@@ -248,7 +248,8 @@ def _forward_failure_message(model: nn.Module, batch: torch.Tensor, data: Datase
     if "Guard failed" in text:
         hint = " Exported programs accept only the input shapes they were exported with."
         if "size()[0]" in text:
-            hint += " Export again with a dynamic batch size: dynamic_shapes={'x': {0: torch.export.Dim('batch')}}."
+            hint += (" Export again with a dynamic batch size, for example "
+                     "torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},)).")
     dtypes = {parameter.dtype for parameter in model.parameters()}
     if dtypes and torch.float32 not in dtypes:
         hint += f" The model's parameters are {', '.join(sorted(map(str, dtypes)))} but inputs are float32; call model.float()."
