@@ -508,7 +508,7 @@ def test_existing_results_kept_without_force(tmp_path: Path) -> None:
     message = one_line(refused.stderr)
     assert "already holds results" in message
     assert "--force" in message
-    assert "--resume" in message
+    assert "--resume" not in message  # finished results have nothing to resume
     assert (out / "results.json").read_bytes() == before
 
     forced = run_cli(model, "--data", data, "--out", str(out), "--attacks", "fgsm", "--seed", "1", "--force")
