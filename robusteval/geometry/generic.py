@@ -106,8 +106,15 @@ def generic_tangent_sensitivity(
             for begin in range(0, num_directions, items_per_chunk)
         ]
         results.append(torch.cat(chunks, dim=1))  # (n, directions, K)
-    squared = torch.cat(results)
+    return _summarize_squared_norms(torch.cat(results), exact=exact, probes=probes)
 
+
+def _summarize_squared_norms(squared: Tensor, *, exact: bool, probes: int) -> tuple[Tensor, Tensor | None]:
+    """Turn squared norms ``||T_k u||^2`` of shape ``(N, directions, K)`` into TS and its standard error.
+
+    With all ``d`` basis directions the sum is exact; with Gaussian probes the mean estimates
+    ``||T_k||_F^2`` (Hutchinson), and the delta method gives the standard error of its square root.
+    """
     if exact:
         return squared.sum(dim=1).sqrt(), None
     mean = squared.mean(dim=1)
@@ -142,15 +149,7 @@ def _scripted_tangent_sensitivity(
     finally:
         for parameter, flag in zip(parameters, flags):
             parameter.requires_grad_(flag)
-    squared = torch.stack(rows).detach()  # (N, directions, K)
-
-    if exact:
-        return squared.sum(dim=1).sqrt(), None
-    mean = squared.mean(dim=1)
-    stderr_of_mean = squared.std(dim=1) / math.sqrt(probes) if probes > 1 else torch.full_like(mean, math.inf)
-    ts = mean.sqrt()
-    stderr = torch.where(ts > 0, stderr_of_mean / (2 * ts), stderr_of_mean.sqrt())
-    return ts, stderr
+    return _summarize_squared_norms(torch.stack(rows), exact=exact, probes=probes)  # rows: (directions, K) each
 
 
 def _scripted_rows(
