@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -72,7 +73,14 @@ def configure_logging(verbose: int) -> None:
     logger.propagate = False
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Print a library warning as one line, without the source line Python adds by default."""
+    error_console.print(f"[yellow]warning:[/] {_escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``robusteval`` console script."""
+    warnings.showwarning = _show_warning
     command: Callable[..., object] = app
     command(args=argv, prog_name="robusteval")
