@@ -76,8 +76,8 @@ def run_fmn(model: nn.Module, x: Tensor, y: Tensor, norm: Norm, epsilon: float |
             context: AttackContext) -> AttackResult:
     """Run the fast minimum-norm attack (Pintor et al., arXiv 2102.12827) without a norm limit.
 
-    Under L2 the repaired projection finds much closer examples but, measured on the bundled
-    demo model, gives up on about 40% of the samples; those rows are attacked again with
+    Under L2 the repaired projection finds much closer examples. Measured on the bundled demo
+    model, it gives up on about 40% of the samples, so those rows are attacked again with
     foolbox's own L2 attack, whose examples are farther away but almost always found.
     """
     if norm == "linf":

@@ -36,7 +36,10 @@ class Measurement(NamedTuple):
 
     def line(self) -> str:
         """Return the measurement as one line: verdict, name, ratio, target, details."""
-        verdict = "INFO" if self.passed is None else ("PASS" if self.passed else "FAIL")
+        if self.passed is None:
+            verdict = "INFO"
+        else:
+            verdict = "PASS" if self.passed else "FAIL"
         target = f" (target {self.target})" if self.target else ""
         return f"{verdict}  {self.name}: {_format_value(self.value)}{self.unit}{target}; {self.detail}"
 

@@ -1,7 +1,7 @@
 """The terminal report: rich tables for one results object.
 
-``render(results, console)`` prints every section whose data exists and says so briefly where a
-stage did not run. It reads only the results object, so ``robusteval report`` can re-render a
+``render(results, console)`` prints every section whose data exists and leaves out the sections
+of stages that did not run. It reads only the results object, so ``robusteval report`` can re-render a
 saved file without recomputing anything.
 """
 

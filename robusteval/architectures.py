@@ -114,7 +114,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def is_piecewise_linear(model: nn.Module) -> bool:
-    """Return whether every submodule is one robusteval knows to be piecewise linear.
+    """Return whether every submodule is of a type on robusteval's list of piecewise-linear layers.
 
     TorchScript and exported modules whose layers cannot be inspected return ``False``.
     """

@@ -3,7 +3,7 @@
 ``torch.func.functional_call`` and ``vmap`` reject TorchScript modules, but the parameter-space
 attacks evaluate the network with perturbed copies of its weights through exactly those. The
 geometry stage already rebuilds a scripted ``Sequential`` of standard layers in eager form and
-checks it against the scripted model; this module gives the other stages the same copy.
+checks it against the scripted model. This module gives the other stages the same copy.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def eager_equivalent(model: nn.Module, probe: torch.Tensor) -> nn.Module | None:
 
     Eager modules are returned as they are. A TorchScript ``Sequential`` of standard layers
     becomes an ``nn.Sequential`` with copies of its weights, returned only if its logits on
-    ``probe`` match the scripted model's; any other TorchScript module returns ``None``.
+    ``probe`` match the scripted model's. Any other TorchScript module returns ``None``.
     """
     from .geometry.generic import eager_equivalent as rebuild_eager
 

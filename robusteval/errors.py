@@ -29,7 +29,7 @@ class PreflightError(RobustEvalError):
 
 
 class OutputExistsError(RobustEvalError):
-    """The output directory already holds results, and neither ``--force`` nor ``--resume`` was given."""
+    """The output directory already contains results, and neither ``--force`` nor ``--resume`` was given."""
 
 
 class ResumeError(RobustEvalError):

@@ -151,8 +151,8 @@ def evaluate(
 
     With ``out_dir``, blocks are saved as they finish, ``results.json`` is written at the end,
     and ``resume=True`` continues an interrupted run. With ``distributed``, each rank evaluates
-    every ``world_size``-th block and rank 0 gathers the records and computes the aggregates;
-    other ranks return ``None``-free partial results holding only their own samples.
+    every ``world_size``-th block, and rank 0 gathers the records and computes the aggregates.
+    The other ranks return partial results that contain only their own samples.
 
     Preflight findings of severity ``"error"`` (outputs that change between identical calls or
     with the batch size) are recorded as flags, or raise ``PreflightError`` before any work with
@@ -425,7 +425,7 @@ def _evaluate_block(
 
 
 # Largest relative difference between f(x + d) - f(x) and 2 (f(x + d/2) - f(x)) accepted as
-# affine; measured in float32 on ReLU networks it stays below 1e-5, while one tanh layer at the
+# affine. Measured in float32 on ReLU networks it stays below 1e-5, while one tanh layer at the
 # radii where the check runs gives 1e-2 or more.
 AFFINE_TOLERANCE = 1e-3
 

@@ -31,7 +31,7 @@ class NormPair:
 
 @dataclass
 class ModelInfo:
-    """What was evaluated: the model file and the network's shape."""
+    """Model file and network shape of the evaluated model."""
 
     path: str
     sha256: str
@@ -45,7 +45,7 @@ class ModelInfo:
 
 @dataclass
 class DataInfo:
-    """What it was evaluated on."""
+    """Data set the model was evaluated on."""
 
     name: str
     sha256: str
@@ -136,7 +136,7 @@ class SampleRecord:
 class Flag:
     """A machine-readable warning raised during evaluation.
 
-    ``code`` is a stable identifier (for example ``probability_outputs``); ``severity`` is
+    ``code`` is a stable identifier, for example ``probability_outputs``. ``severity`` is
     ``"error"`` for findings that make the evaluation unreliable, ``"warning"`` for findings a
     user should act on, and ``"info"`` for notes.
     """

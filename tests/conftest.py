@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _restore_robusteval_logger() -> Iterator[None]:
-    """Undo what a CLI call's logging set-up changes, so that caplog sees robusteval's records in later tests."""
+    """Undo what a CLI call's logging set-up changes, so that caplog captures robusteval's records in later tests."""
     logger = logging.getLogger("robusteval")
     handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
     yield

@@ -85,7 +85,7 @@ class RegionWalker:
             return
         with warnings.catch_warnings():
             # Converting a copied TorchScript module reads the .grad of parameters that torch 2.13
-            # reports as non-leaf tensors; the walk never uses gradients, so the warning is noise.
+            # reports as non-leaf tensors. The walk never uses gradients, so the warning is noise.
             warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf", category=UserWarning)
             # Copying a torch.export module runs torch 2.13 code that warns about its own pytree API.
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)

@@ -63,7 +63,12 @@ def _escape(text: str) -> str:
 
 def configure_logging(verbose: int) -> None:
     """Send robusteval's log records to standard error at a level set by ``-v`` flags."""
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if verbose <= 0:
+        level = logging.WARNING
+    elif verbose == 1:
+        level = logging.INFO
+    else:
+        level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("robusteval")

@@ -1,4 +1,4 @@
-"""``robusteval inspect``: what robusteval sees in a model file, and whether it is ready to evaluate."""
+"""``robusteval inspect``: how robusteval reads a model file, and whether it is ready to evaluate."""
 
 from __future__ import annotations
 

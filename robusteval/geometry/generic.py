@@ -112,7 +112,7 @@ def generic_tangent_sensitivity(
 def _summarize_squared_norms(squared: Tensor, *, exact: bool, probes: int) -> tuple[Tensor, Tensor | None]:
     """Turn squared norms ``||T_k u||^2`` of shape ``(N, directions, K)`` into TS and its standard error.
 
-    With all ``d`` basis directions the sum is exact; with Gaussian probes the mean estimates
+    With all ``d`` basis directions the sum is exact. With Gaussian probes the mean estimates
     ``||T_k||_F^2`` (Hutchinson), and the delta method gives the standard error of its square root.
     """
     if exact:

@@ -56,7 +56,9 @@ def rendered(results: Results) -> str:
 
 def test_report_names_model_data_and_accuracy():
     text = rendered(make_results([]))
-    assert "m.pt" in text and "1,234 parameters" in text and "mlp:64-8-2" in text
+    assert "m.pt" in text
+    assert "1,234 parameters" in text
+    assert "mlp:64-8-2" in text
     assert "digits: 4 samples of shape (64,)" in text
     assert "100.0%" in text
     assert "75.0% at 0.05, 25.0% at 0.1, 0.0% at 0.3" in text
@@ -75,7 +77,8 @@ def test_report_lists_flags_with_severity():
 
 def test_report_shows_predictive_and_parameter_space():
     text = rendered(make_results([]))
-    assert "logit margin" in text and "min. adv. dist. l2" in text
+    assert "logit margin" in text
+    assert "min. adv. dist. l2" in text
     assert "+0.80 [+0.50, +0.90]" in text
     awp_row = next(line for line in text.splitlines() if "adversarial weights (AWP)" in line)
     assert awp_row.rstrip(" │").endswith("0.05")  # accuracy 1.0 -> 0.8 over [0, 0.1] crosses 0.9 at 0.05

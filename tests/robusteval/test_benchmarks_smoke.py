@@ -67,7 +67,8 @@ def test_direct_calls_match_robusteval() -> None:
         assert agreement.passed is True
         assert agreement.value == 0.0
         assert overhead.passed is (overhead.value <= pipeline.OVERHEAD_TARGET_PERCENT)
-        assert math.isfinite(overhead.value) and overhead.value > -100
+        assert math.isfinite(overhead.value)
+        assert overhead.value > -100
         assert attack_stage.passed is None
 
 

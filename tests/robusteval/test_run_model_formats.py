@@ -166,5 +166,6 @@ def test_run_on_scripted_class_model(tmp_path):
     expected_ts = reference_tangent_sensitivity(model.double(), load_data("digits").x[:SAMPLES].double())
     torch.testing.assert_close(written_ts, expected_ts, rtol=RELATIVE_TOLERANCE, atol=0)
     for sample in results.samples:
-        assert sample.region_distance.l2 is None and sample.certified_radius.l2 is None
+        assert sample.region_distance.l2 is None
+        assert sample.certified_radius.l2 is None
         assert sample.linear_decision_distance.l2 is not None
