@@ -150,6 +150,10 @@ def _bracket_table(results: Results) -> Table | None:
     for norm, values in sorted(bracket.items()):
         if not isinstance(values, dict):
             continue
+        if values.get("certified") == 0:
+            # No sample had a certified radius, so there was nothing to compare.
+            table.add_row(norm, "-", "-", Text("no certified radii", style="dim"))
+            continue
         gap = values.get("gap_quantiles") or {}
         median = gap.get("0.5", gap.get("median")) if isinstance(gap, dict) else None
         table.add_row(norm, _percent(values.get("exact_share")), _number(median), str(values.get("violations", "-")))
@@ -227,7 +231,7 @@ def _bounds_table(bounds: dict[str, Any]) -> Table:
             continue
         if entry.get("applies") is False:
             reason = str(entry.get("reason", "does not apply"))
-            table.add_row(name.replace("_", " "), "-", "n/a", Text("see below" if reason in reasons else reason, style="dim"))
+            table.add_row(name.replace("_", " "), "-", "n/a", Text("same reason as above" if reason in reasons else reason, style="dim"))
             reasons.add(reason)
             continue
         held = entry.get("held_on_all_samples")

@@ -189,7 +189,7 @@ def _local_piece(
     try:
         return generic_analysis(model, x, memory_budget=memory_budget)
     except ValueError as error:
-        logger.warning("Region distances are unavailable: %s", error)
+        logger.info("Region distances are unavailable: %s", error)
 
     with torch.no_grad():
         logits = model(x)

@@ -115,8 +115,8 @@ def _scripted_runner(model: torch.jit.ScriptModule) -> PreactivationRunner:
         # reliably, so "no ReLU found" must not be read as "no hidden units".
         raise ValueError(
             f"Expected a TorchScript Sequential whose ReLUs are separate children, but got a scripted "
-            f"{_scripted_kind(model)!r} with its own forward. Pass the eager module, a torch.export "
-            "program, or script an nn.Sequential instead."
+            f"{_scripted_kind(model)!r} with its own forward. Pass the eager module, or save the model with "
+            "torch.export (.pt2) or as a state_dict with --arch."
         )
     _check_scripted_children(model)
 
