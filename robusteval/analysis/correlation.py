@@ -60,9 +60,55 @@ def bootstrap_indices(n: int, resamples: int, rng: np.random.Generator) -> np.nd
     return rng.integers(0, n, size=(resamples, n))
 
 
+def draw_counts(indices: np.ndarray, n: int) -> np.ndarray:
+    """Return how often each resample of ``indices`` ``(R, n)`` draws each of the ``n`` samples, ``(R, n)`` float64."""
+    resamples = indices.shape[0]
+    flat = (np.arange(resamples)[:, None] * n + indices).ravel()
+    return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(np.float64)
+
+
+def _resampled_ranks(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Return the average rank, within each resample, of every drawn copy of each sample, ``(R, n)``.
+
+    In a resample drawing sample ``j`` ``counts[r, j]`` times, the copies of ``j`` and of every
+    sample equal to it form one tie group. Its rank is the number of draws below the group plus
+    half of (its size + 1), what ``scipy.stats.rankdata`` gives the resample, found from one
+    cumulative sum over the samples in sorted order instead of a sort per resample.
+    """
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new_group = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+    starts = np.flatnonzero(new_group)
+    group_of = np.empty(values.size, dtype=np.intp)
+    group_of[order] = np.cumsum(new_group) - 1
+    group_sizes = counts[:, order]  # (R, groups)
+    if starts.size < values.size:
+        group_sizes = np.add.reduceat(group_sizes, starts, axis=1)
+    below = np.cumsum(group_sizes, axis=1) - group_sizes
+    return (below + (group_sizes + 1) / 2)[:, group_of]
+
+
+def spearman_resampled(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Return Spearman's rho of every resample ``x[indices[r]], y[indices[r]]``, shape ``(R,)``.
+
+    Equal to :func:`spearman` of ``x[indices], y[indices]``, computed from the draw counts: each
+    sample's rank pair enters the Pearson sums once per draw, and the mean rank of a resample of
+    ``n`` draws is always ``(n + 1) / 2``. NaN where a resample draws one value of ``x`` or ``y`` only.
+    """
+    n = x.size
+    counts = draw_counts(indices, n)
+    mean_rank = (n + 1) / 2
+    centered_x = _resampled_ranks(x, counts) - mean_rank
+    centered_y = _resampled_ranks(y, counts) - mean_rank
+    denominator = np.sqrt((counts * centered_x**2).sum(axis=1) * (counts * centered_y**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (counts * centered_x * centered_y).sum(axis=1) / denominator
+    return np.where(denominator > 0, np.clip(rho, -1.0, 1.0), np.nan)
+
+
 def bootstrap_spearman(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> BootstrapInterval:
     """Return the percentile interval of Spearman's rho over the resamples ``indices``."""
-    return _percentile_interval(spearman(x[indices], y[indices]))
+    return _percentile_interval(spearman_resampled(x, y, indices))
 
 
 def kendall_resampled(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -81,8 +127,7 @@ def kendall_resampled(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> np.n
     dtype = np.float32 if n <= 4096 else np.float64
     signs_x = np.sign(x[:, None] - x[None, :]).astype(dtype)  # (n, n)
     signs_y = np.sign(y[:, None] - y[None, :]).astype(dtype)
-    counts = np.zeros((indices.shape[0], n), dtype=dtype)  # (R, n) draws per sample
-    np.add.at(counts, (np.arange(indices.shape[0])[:, None], indices), 1)
+    counts = draw_counts(indices, n).astype(dtype)  # (R, n) draws per sample
 
     def quadratic(matrix: np.ndarray) -> np.ndarray:
         return ((counts @ matrix) * counts).sum(axis=1, dtype=np.float64)

@@ -8,7 +8,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from robusteval.analysis import auroc, bootstrap_kendall, bootstrap_spearman, kendall, spearman
-from robusteval.analysis.correlation import bootstrap_indices, kendall_resampled
+from robusteval.analysis.correlation import bootstrap_indices, draw_counts, kendall_resampled, spearman_resampled
 
 
 def _correlated_data(seed: int, n: int = 60, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +105,29 @@ def test_kendall_resampled_matches_scipy(ties: bool, n: int) -> None:
             assert np.isnan(value)
         else:
             assert value == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("n", [2, 40, 301])
+def test_spearman_resampled_matches_scipy(ties: bool, n: int) -> None:
+    x, y = _correlated_data(12, n=n, ties=ties)
+    indices = bootstrap_indices(x.size, 70, np.random.default_rng(5))
+
+    batched = spearman_resampled(x, y, indices)
+
+    for row, value in zip(indices, batched):
+        if np.ptp(x[row]) == 0 or np.ptp(y[row]) == 0:
+            assert np.isnan(value)
+        else:
+            assert value == pytest.approx(stats.spearmanr(x[row], y[row]).statistic, abs=1e-12)
+
+
+def test_draw_counts_count_each_row() -> None:
+    indices = np.array([[0, 0, 2], [1, 2, 1]])
+
+    counts = draw_counts(indices, 3)
+
+    np.testing.assert_array_equal(counts, [[2, 0, 1], [0, 2, 1]])
 
 
 def test_bootstrap_kendall_percentiles_match_scipy() -> None:
