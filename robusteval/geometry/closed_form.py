@@ -26,6 +26,7 @@ the large tensors are allocated once per chunk instead of once per layer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,17 +54,30 @@ class LocalLinearPiece:
     input_jacobian: Tensor
 
 
+# Working set of one chunk when the memory budget allows more. On the 2-core benchmark machine
+# (4 MiB of L2 cache per core), 64 samples of the 784-256-256-256-10 MLP took 0.056 s in chunks
+# of 16 and 0.10 s in one chunk. Chunks of 24 to 96 MiB came within 10% of the best time on
+# MLPs with input width 784 or 3072 and hidden widths 256 to 1024.
+CHUNK_WORKING_SET_BYTES = 48 * 2**20
+
+
 def chain_analysis(chain: ReluChain, x: Tensor, *, memory_budget: int) -> tuple[LocalLinearPiece, Tensor]:
     """Return the local linear piece and the tangent sensitivity ``(N, K)`` of a chain at ``x``.
 
-    Samples are processed in chunks whose working set, estimated by
-    :func:`_bytes_per_sample`, stays within ``memory_budget`` bytes. The results of each chunk
-    are copied into tensors allocated once for all samples, so no result is held twice.
+    Samples are processed in chunks of nearly equal size whose working set, estimated by
+    :func:`_bytes_per_sample`, stays within ``memory_budget`` bytes and, on a CPU with a larger
+    budget, within :data:`CHUNK_WORKING_SET_BYTES`. The results of each chunk are copied into
+    tensors allocated once for all samples, so no result is held twice.
     """
     flat = x.reshape(x.shape[0], -1)
-    chunk_size = max(1, memory_budget // _bytes_per_sample(chain, flat.element_size()))
-    if chunk_size >= flat.shape[0]:
+    # The cap is about CPU caches; a GPU is fastest with the largest chunk the budget allows.
+    working_set = min(memory_budget, CHUNK_WORKING_SET_BYTES) if flat.device.type == "cpu" else memory_budget
+    largest_chunk = max(1, working_set // _bytes_per_sample(chain, flat.element_size()))
+    if largest_chunk >= flat.shape[0]:
         return _chain_chunk(chain, flat)
+    # As few chunks as fit, all of one size except a smaller last one, so that no chunk is left
+    # with a handful of samples.
+    chunk_size = math.ceil(flat.shape[0] / math.ceil(flat.shape[0] / largest_chunk))
 
     piece: LocalLinearPiece | None = None
     values: Tensor | None = None

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacfwd, jacrev
 
-from robusteval.geometry import recover_chain
+from robusteval.geometry import closed_form, recover_chain
 from robusteval.geometry.closed_form import LocalLinearPiece, chain_analysis
 
 
@@ -147,3 +147,27 @@ def test_input_jacobian_is_contiguous(samples: int) -> None:
     piece, _ = chain_analysis(chain, x, memory_budget=2**30)
     assert piece.input_jacobian.shape == (samples, 3, 4)
     assert piece.input_jacobian.is_contiguous()
+
+
+def test_working_set_cap_splits_into_equal_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 7), nn.ReLU(), nn.Linear(7, 4)).double().eval()
+    x = _inputs(10, 6, seed=9)
+    chain = recover_chain(model, x)
+    assert chain is not None
+    whole, whole_values = chain_analysis(chain, x, memory_budget=2**30)
+    sizes: list[int] = []
+    original = closed_form._chain_chunk
+
+    def recording_chunk(chain_: object, flat: torch.Tensor) -> tuple[LocalLinearPiece, torch.Tensor]:
+        sizes.append(flat.shape[0])
+        return original(chain_, flat)
+
+    # Room for 4 samples per chunk: 10 samples need 3 chunks, of ceil(10 / 3) = 4 samples except the last.
+    monkeypatch.setattr(closed_form, "CHUNK_WORKING_SET_BYTES", 4 * closed_form._bytes_per_sample(chain, 8))
+    monkeypatch.setattr(closed_form, "_chain_chunk", recording_chunk)
+    chunked, chunked_values = chain_analysis(chain, x, memory_budget=2**30)
+
+    assert sizes == [4, 4, 2]
+    torch.testing.assert_close(chunked_values, whole_values, rtol=1e-12, atol=0)
+    torch.testing.assert_close(chunked.input_jacobian, whole.input_jacobian, rtol=1e-12, atol=0)
