@@ -232,18 +232,20 @@ def _build(record_type: type, payload: dict[str, Any]) -> Any:
     return record_type(**arguments)
 
 
-def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
+def write_json_atomic(path: str | os.PathLike[str], payload: Any, *, indent: int | None = 1) -> None:
     """Write ``payload`` as JSON to ``path`` so that readers never see a partial file.
 
     The text goes to a temporary file in the same directory, is flushed to disk, and then
-    replaces ``path`` in one ``os.replace`` call.
+    replaces ``path`` in one ``os.replace`` call. Non-finite floats are written as ``null``.
+    ``indent=None`` writes compact JSON, which the standard library's C encoder produces
+    several times faster, for files that only robusteval reads back.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(_sanitize(payload), handle, indent=1, allow_nan=False)
+            json.dump(_sanitize(payload), handle, indent=indent, allow_nan=False)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -259,7 +261,8 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
 
 def save_results(results: Results, path: str | os.PathLike[str]) -> None:
     """Write ``results`` to ``path`` atomically."""
-    write_json_atomic(path, results.to_dict())
+    # write_json_atomic replaces non-finite floats as to_dict would, so the records are converted once.
+    write_json_atomic(path, dataclasses.asdict(results))
 
 
 def load_results(path: str | os.PathLike[str]) -> Results:

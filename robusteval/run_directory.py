@@ -99,7 +99,8 @@ class RunDirectory:
     def save_block(self, start: int, records: list[SampleRecord], extra: dict[str, Any]) -> None:
         from dataclasses import asdict
 
-        write_json_atomic(self.block_path(start), {"start": start, "samples": [asdict(r) for r in records], **extra})
+        payload = {"start": start, "samples": [asdict(record) for record in records], **extra}
+        write_json_atomic(self.block_path(start), payload, indent=None)
 
     def load_block_extra(self, start: int) -> dict[str, Any]:
         payload = json.loads(self.block_path(start).read_text(encoding="utf-8"))

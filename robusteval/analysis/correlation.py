@@ -88,15 +88,14 @@ def _resampled_ranks(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return (below + (group_sizes + 1) / 2)[:, group_of]
 
 
-def spearman_resampled(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Return Spearman's rho of every resample ``x[indices[r]], y[indices[r]]``, shape ``(R,)``.
+def spearman_resampled(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Return Spearman's rho ``(R,)`` of every resample, given its :func:`draw_counts` ``counts`` ``(R, n)``.
 
-    Equal to :func:`spearman` of ``x[indices], y[indices]``, computed from the draw counts: each
+    Equal to :func:`spearman` of ``x[indices], y[indices]`` for the indices behind ``counts``: each
     sample's rank pair enters the Pearson sums once per draw, and the mean rank of a resample of
     ``n`` draws is always ``(n + 1) / 2``. NaN where a resample draws one value of ``x`` or ``y`` only.
     """
     n = x.size
-    counts = draw_counts(indices, n)
     mean_rank = (n + 1) / 2
     centered_x = _resampled_ranks(x, counts) - mean_rank
     centered_y = _resampled_ranks(y, counts) - mean_rank
@@ -106,13 +105,13 @@ def spearman_resampled(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> np.
     return np.where(denominator > 0, np.clip(rho, -1.0, 1.0), np.nan)
 
 
-def bootstrap_spearman(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> BootstrapInterval:
-    """Return the percentile interval of Spearman's rho over the resamples ``indices``."""
-    return _percentile_interval(spearman_resampled(x, y, indices))
+def bootstrap_spearman(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> BootstrapInterval:
+    """Return the percentile interval of Spearman's rho over the resamples whose :func:`draw_counts` are ``counts``."""
+    return _percentile_interval(spearman_resampled(x, y, counts))
 
 
-def kendall_resampled(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Return Kendall's tau-b of every resample ``x[indices[r]], y[indices[r]]``, shape ``(R,)``.
+def kendall_resampled(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Return Kendall's tau-b ``(R,)`` of every resample, given its :func:`draw_counts` ``counts`` ``(R, n)``.
 
     A resample is described by how often it draws each sample, ``w`` (the row of ``counts``).
     With s the sign of pairwise differences, tau-b = sum s_x s_y / sqrt(sum s_x^2 sum s_y^2)
@@ -127,10 +126,10 @@ def kendall_resampled(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> np.n
     dtype = np.float32 if n <= 4096 else np.float64
     signs_x = np.sign(x[:, None] - x[None, :]).astype(dtype)  # (n, n)
     signs_y = np.sign(y[:, None] - y[None, :]).astype(dtype)
-    counts = draw_counts(indices, n).astype(dtype)  # (R, n) draws per sample
+    weights = counts.astype(dtype, copy=False)
 
     def quadratic(matrix: np.ndarray) -> np.ndarray:
-        return ((counts @ matrix) * counts).sum(axis=1, dtype=np.float64)
+        return ((weights @ matrix) * weights).sum(axis=1, dtype=np.float64)
 
     numerator = quadratic(signs_x * signs_y)
     denominator = np.sqrt(quadratic(np.abs(signs_x)) * quadratic(np.abs(signs_y)))
@@ -138,9 +137,9 @@ def kendall_resampled(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> np.n
         return np.where(denominator > 0, np.clip(numerator / denominator, -1.0, 1.0), np.nan)
 
 
-def bootstrap_kendall(x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> BootstrapInterval:
-    """Return the percentile interval of Kendall's tau-b over the resamples ``indices``."""
-    return _percentile_interval(kendall_resampled(x, y, indices))
+def bootstrap_kendall(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> BootstrapInterval:
+    """Return the percentile interval of Kendall's tau-b over the resamples whose :func:`draw_counts` are ``counts``."""
+    return _percentile_interval(kendall_resampled(x, y, counts))
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:

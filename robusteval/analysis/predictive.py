@@ -18,7 +18,7 @@ import numpy as np
 
 from ..results import SampleRecord
 from ..seeding import derive_seed
-from .correlation import auroc, bootstrap_indices, bootstrap_kendall, bootstrap_spearman, kendall, spearman
+from .correlation import auroc, bootstrap_indices, bootstrap_kendall, bootstrap_spearman, draw_counts, kendall, spearman
 
 logger = logging.getLogger(__name__)
 
@@ -170,9 +170,9 @@ def _correlate(
         return entry
 
     rng = np.random.default_rng(derive_seed(seed, "predictive", score_name, target_name))
-    indices = bootstrap_indices(x.size, resamples, rng)
-    spearman_interval = bootstrap_spearman(x, y, indices)
-    kendall_interval = bootstrap_kendall(x, y, indices)
+    counts = draw_counts(bootstrap_indices(x.size, resamples, rng), x.size)
+    spearman_interval = bootstrap_spearman(x, y, counts)
+    kendall_interval = bootstrap_kendall(x, y, counts)
     entry["spearman"] = _optional(float(spearman(x, y)))
     entry["spearman_ci"] = [spearman_interval.lower, spearman_interval.upper]
     entry["kendall"] = _optional(kendall(x, y))

@@ -20,6 +20,10 @@ def _correlated_data(seed: int, n: int = 60, ties: bool = False) -> tuple[np.nda
     return x, y
 
 
+def _counts(n: int, resamples: int, *, seed: int) -> np.ndarray:
+    return draw_counts(bootstrap_indices(n, resamples, np.random.default_rng(seed)), n)
+
+
 @pytest.mark.parametrize(("seed", "ties"), [(0, False), (1, True), (2, False), (3, True)])
 def test_spearman_matches_scipy(seed: int, ties: bool) -> None:
     x, y = _correlated_data(seed, ties=ties)
@@ -46,9 +50,9 @@ def test_kendall_matches_scipy(seed: int, ties: bool) -> None:
 
 def test_bootstrap_interval_contains_estimate() -> None:
     x, y = _correlated_data(5, n=80)
-    indices = bootstrap_indices(x.size, 1000, np.random.default_rng(7))
-    spearman_interval = bootstrap_spearman(x, y, indices)
-    kendall_interval = bootstrap_kendall(x, y, indices)
+    counts = _counts(x.size, 1000, seed=7)
+    spearman_interval = bootstrap_spearman(x, y, counts)
+    kendall_interval = bootstrap_kendall(x, y, counts)
 
     assert spearman_interval.lower < float(spearman(x, y)) < spearman_interval.upper
     assert kendall_interval.lower < kendall(x, y) < kendall_interval.upper
@@ -58,9 +62,9 @@ def test_bootstrap_interval_contains_estimate() -> None:
 
 def test_bootstrap_reproducible_with_seed() -> None:
     x, y = _correlated_data(6)
-    first = bootstrap_spearman(x, y, bootstrap_indices(x.size, 300, np.random.default_rng(11)))
-    second = bootstrap_spearman(x, y, bootstrap_indices(x.size, 300, np.random.default_rng(11)))
-    other = bootstrap_spearman(x, y, bootstrap_indices(x.size, 300, np.random.default_rng(12)))
+    first = bootstrap_spearman(x, y, _counts(x.size, 300, seed=11))
+    second = bootstrap_spearman(x, y, _counts(x.size, 300, seed=11))
+    other = bootstrap_spearman(x, y, _counts(x.size, 300, seed=12))
 
     assert first == second
     assert first != other
@@ -72,7 +76,7 @@ def test_bootstrap_interval_matches_percentiles() -> None:
     values = np.array([stats.spearmanr(x[row], y[row]).statistic for row in indices])
     values = values[np.isfinite(values)]
 
-    interval = bootstrap_spearman(x, y, indices)
+    interval = bootstrap_spearman(x, y, draw_counts(indices, x.size))
 
     assert interval.lower == pytest.approx(np.percentile(values, 2.5), abs=1e-12)
     assert interval.upper == pytest.approx(np.percentile(values, 97.5), abs=1e-12)
@@ -97,7 +101,7 @@ def test_kendall_resampled_matches_scipy(ties: bool, n: int) -> None:
     x, y = _correlated_data(9, n=n, ties=ties)
     indices = bootstrap_indices(x.size, 70, np.random.default_rng(2))
 
-    batched = kendall_resampled(x, y, indices)
+    batched = kendall_resampled(x, y, draw_counts(indices, x.size))
 
     for row, value in zip(indices, batched):
         expected = kendall(x[row], y[row])
@@ -113,7 +117,7 @@ def test_spearman_resampled_matches_scipy(ties: bool, n: int) -> None:
     x, y = _correlated_data(12, n=n, ties=ties)
     indices = bootstrap_indices(x.size, 70, np.random.default_rng(5))
 
-    batched = spearman_resampled(x, y, indices)
+    batched = spearman_resampled(x, y, draw_counts(indices, x.size))
 
     for row, value in zip(indices, batched):
         if np.ptp(x[row]) == 0 or np.ptp(y[row]) == 0:
@@ -133,7 +137,7 @@ def test_draw_counts_count_each_row() -> None:
 def test_bootstrap_kendall_percentiles_match_scipy() -> None:
     x, y = _correlated_data(10, n=120)
     indices = bootstrap_indices(x.size, 200, np.random.default_rng(4))
-    interval = bootstrap_kendall(x, y, indices)
+    interval = bootstrap_kendall(x, y, draw_counts(indices, x.size))
     per_resample = np.array([kendall(x[row], y[row]) for row in indices])
 
     assert interval.lower == pytest.approx(np.percentile(per_resample, 2.5), abs=1e-12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -111,3 +112,13 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         write_json_atomic(path, {"a": Unserializable()})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_compact_write_reads_back_equal(tmp_path):
+    path = tmp_path / "block.json"
+    payload = {"samples": [{"value": 1.5, "missing": math.inf}], "start": 0}
+
+    write_json_atomic(path, payload, indent=None)
+
+    assert "\n " not in path.read_text()
+    assert json.loads(path.read_text()) == {"samples": [{"value": 1.5, "missing": None}], "start": 0}
