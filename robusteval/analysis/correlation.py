@@ -67,13 +67,14 @@ def draw_counts(indices: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(np.float64)
 
 
-def _resampled_ranks(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Return the average rank, within each resample, of every drawn copy of each sample, ``(R, n)``.
+def _centered_resampled_ranks(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Return the average rank minus ``(n + 1) / 2`` of every drawn copy of each sample, ``(R, n)``.
 
     In a resample drawing sample ``j`` ``counts[r, j]`` times, the copies of ``j`` and of every
     sample equal to it form one tie group. Its rank is the number of draws below the group plus
     half of (its size + 1), what ``scipy.stats.rankdata`` gives the resample, found from one
-    cumulative sum over the samples in sorted order instead of a sort per resample.
+    cumulative sum over the samples in sorted order instead of a sort per resample. The mean rank
+    of ``n`` draws is always ``(n + 1) / 2``.
     """
     order = np.argsort(values, kind="stable")
     ordered = values[order]
@@ -84,24 +85,31 @@ def _resampled_ranks(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     group_sizes = counts[:, order]  # (R, groups)
     if starts.size < values.size:
         group_sizes = np.add.reduceat(group_sizes, starts, axis=1)
-    below = np.cumsum(group_sizes, axis=1) - group_sizes
-    return (below + (group_sizes + 1) / 2)[:, group_of]
+    # below + (size + 1) / 2 - (n + 1) / 2, with below = cumsum - size, in place.
+    ranks = np.cumsum(group_sizes, axis=1)
+    group_sizes *= 0.5
+    ranks -= group_sizes
+    ranks -= values.size / 2
+    return ranks[:, group_of]
 
 
 def spearman_resampled(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Return Spearman's rho ``(R,)`` of every resample, given its :func:`draw_counts` ``counts`` ``(R, n)``.
 
-    Equal to :func:`spearman` of ``x[indices], y[indices]`` for the indices behind ``counts``: each
-    sample's rank pair enters the Pearson sums once per draw, and the mean rank of a resample of
-    ``n`` draws is always ``(n + 1) / 2``. NaN where a resample draws one value of ``x`` or ``y`` only.
+    Equal to :func:`spearman` of ``x[indices], y[indices]`` for the indices behind ``counts``:
+    each sample's rank pair enters the Pearson sums once per draw. NaN where a resample draws one
+    value of ``x`` or ``y`` only.
     """
-    n = x.size
-    mean_rank = (n + 1) / 2
-    centered_x = _resampled_ranks(x, counts) - mean_rank
-    centered_y = _resampled_ranks(y, counts) - mean_rank
-    denominator = np.sqrt((counts * centered_x**2).sum(axis=1) * (counts * centered_y**2).sum(axis=1))
+    centered_x = _centered_resampled_ranks(x, counts)
+    centered_y = _centered_resampled_ranks(y, counts)
+    weighted_x = counts * centered_x
+    sum_xx = np.einsum("ij,ij->i", weighted_x, centered_x)
+    sum_xy = np.einsum("ij,ij->i", weighted_x, centered_y)
+    centered_y *= centered_y
+    sum_yy = np.einsum("ij,ij->i", counts, centered_y)
+    denominator = np.sqrt(sum_xx * sum_yy)
     with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (counts * centered_x * centered_y).sum(axis=1) / denominator
+        rho = sum_xy / denominator
     return np.where(denominator > 0, np.clip(rho, -1.0, 1.0), np.nan)
 
 
