@@ -131,7 +131,7 @@ def test_draw_counts_count_each_row() -> None:
 
     counts = draw_counts(indices, 3)
 
-    np.testing.assert_array_equal(counts, [[2, 0, 1], [0, 2, 1]])
+    np.testing.assert_array_equal(counts, [[2, 0], [0, 2], [1, 1]])
 
 
 def test_bootstrap_kendall_percentiles_match_scipy() -> None:
