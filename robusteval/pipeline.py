@@ -30,6 +30,7 @@ from torch import nn
 
 from . import __version__
 from ._types import Bounds, Norm
+from .capabilities import parameter_space_unavailable_flag, region_distance_unavailable_flag
 from .devices import check_model_device, resolve_device
 from .distributed import DistributedContext
 from .eager import eager_equivalent
@@ -239,13 +240,7 @@ def _prepare(config: EvaluationConfig, timing: dict[str, float], *, strict_prefl
     if config.parameter_space:
         parameter_model = eager_equivalent(loaded.module, x[:8])
         if parameter_model is None:
-            flags.append(Flag(
-                "parameter_space_unavailable", "warning",
-                "The parameter-space attacks need torch.func, which cannot run a TorchScript module other than a "
-                "Sequential of standard layers; they were skipped. Load the model as a state_dict with --arch, "
-                "or as a torch.export (.pt2) archive, to run them.",
-                "parameter_space",
-            ))
+            flags.append(parameter_space_unavailable_flag())
     timing["prepare_seconds"] = time.perf_counter() - tick
 
     context = _Context(
@@ -392,14 +387,7 @@ def _evaluate_block(
         )
     geometry, affine_flags = _check_affine_claims(context.model, x, geometry, derive_seed(config.seed, "affine", start))
     if bool(torch.isnan(geometry.region_distance["l2"]).all()) and not affine_flags:
-        affine_flags.append(Flag(
-            "region_distance_unavailable", "warning",
-            "robusteval could not locate this model's ReLUs (for example a TorchScript module other than a "
-            "Sequential, whose ReLUs run inside its own forward), so region distances and certified radii are "
-            "unavailable; tangent sensitivity, linear decision distances and attacks are not affected. Save the "
-            "model with torch.export (.pt2), or as a state_dict with --arch, to get them.",
-            "geometry",
-        ))
+        affine_flags.append(region_distance_unavailable_flag())
     _add_time(timing, "geometry_seconds", tick)
 
     tick = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -21,7 +22,9 @@ def inspect(
 ) -> None:
     """Show a model's format, size and layers, which geometry path applies, and preflight findings."""
     from ..architectures import count_parameters, is_piecewise_linear
+    from ..capabilities import capability_flags
     from ..data import load_data
+    from ..eager import eager_equivalent
     from ..geometry import recover_chain
     from ..loading import load_model
     from ..preflight import preflight
@@ -39,7 +42,7 @@ def inspect(
         if loaded.architecture:
             summary.add_row("architecture", Text(loaded.architecture))
         summary.add_row("parameters", f"{count_parameters(network):,}")
-        summary.add_row("piecewise linear", "yes" if is_piecewise_linear(network) else "no (or not inspectable)")
+        summary.add_row("piecewise linear", _piecewise_linear_label(network, is_piecewise_linear(network)))
 
         flags = []
         if data is not None:
@@ -47,10 +50,16 @@ def inspect(
             report = preflight(network, dataset)
             summary.add_row("classes", str(report.num_classes))
             summary.add_row("data", Text(f"{dataset.name}: {len(dataset.y)} samples of shape {tuple(dataset.x.shape[1:])}"))
-            chain = recover_chain(network, dataset.x[:8])
-            path = "exact closed form (Linear/ReLU chain)" if chain is not None else "forward-over-reverse products"
+            probe = dataset.x[:PROBE_SAMPLES]
+            if recover_chain(network, probe) is not None:
+                path = "exact closed form (Linear/ReLU chain)"
+            elif eager_equivalent(network, probe) is None:
+                path = "double backward, about N*K backward passes (slow on large data)"
+            else:
+                path = "forward-over-reverse products"
             summary.add_row("tangent sensitivity", path)
-            flags = report.flags
+            # The same checks `run` makes, so that a model it would flag is flagged here first.
+            flags = [*report.flags, *capability_flags(network, probe, dataset.bounds)]
         console.print(summary)
 
         layers = Table(title="Layers", title_justify="left")
@@ -69,3 +78,17 @@ def inspect(
             console.print(Text(f"[{flag.severity}] {flag.code}: {flag.message}"))
         if data is not None and not flags:
             console.print(Text("preflight: no findings", style="green"))
+        if data is None:
+            console.print(Text("Pass --data to run the preflight checks and see which analyses this model supports."))
+
+
+# Input samples the checks run on, as many as `run` passes to the same parameter-space check.
+PROBE_SAMPLES = 8
+
+
+def _piecewise_linear_label(network: torch.nn.Module, piecewise_linear: bool) -> str:
+    if piecewise_linear:
+        return "yes"
+    if isinstance(network, torch.jit.ScriptModule):
+        return "cannot tell (a TorchScript module whose layers robusteval cannot list)"
+    return "no"

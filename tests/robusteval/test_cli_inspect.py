@@ -36,3 +36,36 @@ def test_inspect_rejects_non_model_file(tmp_path):
     result = runner.invoke(app, ["inspect", str(path)])
     assert result.exit_code == 2
     assert "HTML" in result.output or "html" in result.output
+
+
+class _ScriptedClassNet(nn.Module):
+    """A model written as a class: scripted, its ReLU runs inside its own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(64, 16)
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(x)))
+
+
+def test_inspect_flags_what_run_would_skip(tmp_path):
+    path = tmp_path / "class_model.pt"
+    torch.jit.save(torch.jit.script(_ScriptedClassNet().eval()), str(path))
+
+    result = runner.invoke(app, ["inspect", str(path), "--data", "digits"])
+
+    assert result.exit_code == 0, result.output
+    assert "region_distance_unavailable" in result.output
+    assert "parameter_space_unavailable" in result.output
+    assert "double backward" in result.output
+    assert "cannot tell" in result.output
+    assert "preflight: no findings" not in result.output
+
+
+def test_inspect_without_data_points_to_data_option():
+    result = runner.invoke(app, ["inspect", "zoo:demo"])
+
+    assert result.exit_code == 0, result.output
+    assert "--data" in result.output
