@@ -18,7 +18,7 @@ import numpy as np
 
 from ..results import SampleRecord
 from ..seeding import derive_seed
-from .correlation import auroc, bootstrap_indices, bootstrap_kendall, bootstrap_spearman, draw_counts, kendall, spearman
+from .correlation import auroc, bootstrap_counts, bootstrap_kendall, bootstrap_spearman, kendall, spearman
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _correlate(
         return entry
 
     rng = np.random.default_rng(derive_seed(seed, "predictive", score_name, target_name))
-    counts = draw_counts(bootstrap_indices(x.size, resamples, rng), x.size)
+    counts = bootstrap_counts(x.size, resamples, rng)
     spearman_interval = bootstrap_spearman(x, y, counts)
     kendall_interval = bootstrap_kendall(x, y, counts)
     entry["spearman"] = _optional(float(spearman(x, y)))

@@ -8,7 +8,8 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from robusteval.analysis import auroc, bootstrap_kendall, bootstrap_spearman, kendall, spearman
-from robusteval.analysis.correlation import bootstrap_indices, draw_counts, kendall_resampled, spearman_resampled
+from robusteval.analysis import correlation
+from robusteval.analysis.correlation import bootstrap_counts, bootstrap_indices, draw_counts, kendall_resampled, spearman_resampled
 
 
 def _correlated_data(seed: int, n: int = 60, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -143,3 +144,30 @@ def test_bootstrap_kendall_percentiles_match_scipy() -> None:
     assert interval.lower == pytest.approx(np.percentile(per_resample, 2.5), abs=1e-12)
     assert interval.upper == pytest.approx(np.percentile(per_resample, 97.5), abs=1e-12)
     assert interval.valid_resamples == 200
+
+
+def test_chunked_resamples_equal_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = _correlated_data(13, n=50, ties=True)
+    counts = _counts(x.size, 40, seed=6)
+    whole_spearman = spearman_resampled(x, y, counts)
+    whole_kendall = kendall_resampled(x, y, counts)
+
+    # 120 values per chunk: Spearman groups of 2 resamples, Kendall blocks of 2 rows.
+    monkeypatch.setattr(correlation, "CHUNK_ELEMENTS", 120)
+
+    np.testing.assert_array_equal(spearman_resampled(x, y, counts), whole_spearman)
+    np.testing.assert_array_equal(kendall_resampled(x, y, counts), whole_kendall)
+
+
+def test_bootstrap_counts_sum_to_sample_count() -> None:
+    counts = bootstrap_counts(37, 500, np.random.default_rng(8))
+
+    assert counts.shape == (37, 500)
+    assert (counts.sum(axis=0) == 37).all()
+
+
+def test_bootstrap_counts_in_one_group_match_indices() -> None:
+    counts = bootstrap_counts(20, 30, np.random.default_rng(9))
+
+    expected = draw_counts(bootstrap_indices(20, 30, np.random.default_rng(9)), 20)
+    np.testing.assert_array_equal(counts, expected)
