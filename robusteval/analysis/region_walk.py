@@ -52,6 +52,24 @@ CHUNK_ELEMENTS = 2**21
 INITIAL_POINTS_PER_SEGMENT = 64.0
 
 
+def float64_copy(model: nn.Module) -> nn.Module:
+    """Return a float64 copy of ``model`` in eval mode, for computations that float32 rounding would spoil.
+
+    Raises:
+        RuntimeError: when the copy cannot be converted, for example a module that casts to a
+            fixed dtype inside its own forward.
+    """
+    with warnings.catch_warnings():
+        # Converting a copied TorchScript module reads the .grad of parameters that torch 2.13
+        # reports as non-leaf tensors. The copy never uses gradients, so the warning is noise.
+        warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf", category=UserWarning)
+        # Copying a torch.export module runs torch 2.13 code that warns about its own pytree API.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+        converted = copy.deepcopy(model).to(torch.float64)
+    set_eval_mode(converted)
+    return converted
+
+
 class RegionWalker:
     """A model prepared for counting regions crossed: its float64 copy, made once.
 
@@ -83,15 +101,7 @@ class RegionWalker:
                 for layer in chain.layers
             )
             return
-        with warnings.catch_warnings():
-            # Converting a copied TorchScript module reads the .grad of parameters that torch 2.13
-            # reports as non-leaf tensors. The walk never uses gradients, so the warning is noise.
-            warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf", category=UserWarning)
-            # Copying a torch.export module runs torch 2.13 code that warns about its own pytree API.
-            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
-            walker = copy.deepcopy(model).to(torch.float64)
-        set_eval_mode(walker)
-        self._runner = preactivation_runner(walker)
+        self._runner = preactivation_runner(float64_copy(model))
 
     @property
     def method(self) -> str:

@@ -96,3 +96,23 @@ def test_tanh_network_gets_no_certificate(tmp_path):
         assert sample.certified_radius.linf is None
         assert sample.certificate_exact == {"l2": False, "linf": False}
         assert sample.linear_decision_distance.l2 is not None
+
+
+def test_relu_mlp_keeps_certificates_at_small_radii(tmp_path):
+    """Near the decision boundary float32 rounding dominates f(x + d) - f(x); a ReLU MLP must not be flagged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
+    x = torch.rand(128, 784, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    torch.save(model.state_dict(), tmp_path / "mlp.pt")
+    np.savez(tmp_path / "inputs.npz", x=x.numpy(), y=y.numpy())
+
+    results = evaluate(EvaluationConfig(model=str(tmp_path / "mlp.pt"), arch="mlp:784-256-256-10",
+                                        data=str(tmp_path / "inputs.npz"), attacks=("fgsm",),
+                                        parameter_space=False, bootstrap=20))
+
+    assert "not_piecewise_linear" not in [flag.code for flag in results.flags]
+    radii = [sample.certified_radius.l2 for sample in results.samples]
+    assert all(radius is not None for radius in radii)
+    assert min(radii) < 1e-3
