@@ -70,11 +70,16 @@ def chain_analysis(chain: ReluChain, x: Tensor, *, memory_budget: int) -> tuple[
     tensors allocated once for all samples, so no result is held twice.
     """
     flat = x.reshape(x.shape[0], -1)
+    # The forward values come from one pass over all samples, so that matrix kernels chosen by
+    # batch size cannot round them differently in different chunks. Quantities divided by a
+    # small pre-activation or logit margin, such as region distances, would amplify that.
+    with torch.no_grad():
+        forward = _forward_values(chain, [layer.weight.to(flat.dtype) for layer in chain.layers], flat)
     # The cap is about CPU caches; a GPU is fastest with the largest chunk the budget allows.
     working_set = min(memory_budget, CHUNK_WORKING_SET_BYTES) if flat.device.type == "cpu" else memory_budget
     largest_chunk = max(1, working_set // _bytes_per_sample(chain, flat.element_size()))
     if largest_chunk >= flat.shape[0]:
-        return _chain_chunk(chain, flat)
+        return _chain_chunk(chain, flat, forward)
     # As few chunks as fit, all of one size except a smaller last one, so that no chunk is left
     # with a handful of samples.
     chunk_size = math.ceil(flat.shape[0] / math.ceil(flat.shape[0] / largest_chunk))
@@ -82,11 +87,13 @@ def chain_analysis(chain: ReluChain, x: Tensor, *, memory_budget: int) -> tuple[
     piece: LocalLinearPiece | None = None
     values: Tensor | None = None
     for start in range(0, flat.shape[0], chunk_size):
-        chunk_piece, chunk_values = _chain_chunk(chain, flat[start:start + chunk_size])
+        rows = slice(start, start + chunk_size)
+        logits, preactivations, masks = forward
+        chunk_forward = (logits[rows], [z[rows] for z in preactivations], [None if m is None else m[rows] for m in masks])
+        chunk_piece, chunk_values = _chain_chunk(chain, flat[rows], chunk_forward)
         if piece is None or values is None:
             piece = _empty_piece_like(chunk_piece, flat.shape[0])
             values = chunk_values.new_empty((flat.shape[0], *chunk_values.shape[1:]))
-        rows = slice(start, start + chunk_values.shape[0])
         for target, source in zip(_piece_tensors(piece), _piece_tensors(chunk_piece)):
             target[rows] = source
         values[rows] = chunk_values
@@ -132,11 +139,15 @@ def _empty_piece_like(piece: LocalLinearPiece, n: int) -> LocalLinearPiece:
     )
 
 
+# The logits, the hidden pre-activations and each layer's 0/1 mask, or None for a layer without ReLU.
+ForwardValues = tuple[Tensor, list[Tensor], list["Tensor | None"]]
+
+
 @torch.no_grad()
-def _chain_chunk(chain: ReluChain, flat: Tensor) -> tuple[LocalLinearPiece, Tensor]:
+def _chain_chunk(chain: ReluChain, flat: Tensor, forward: ForwardValues) -> tuple[LocalLinearPiece, Tensor]:
     n, d = flat.shape
     weights = [layer.weight.to(flat.dtype) for layer in chain.layers]
-    logits, preactivations, masks = _forward_values(chain, weights, flat)
+    logits, preactivations, masks = forward
 
     # Forward Jacobians G_l: ``(n_l, d)`` while shared by all samples, then ``(n, n_l, d)``.
     # Each layer's ||J_{l-1}||_F^2 is ``(n,)`` or, while shared, a scalar.
@@ -167,9 +178,7 @@ def _chain_chunk(chain: ReluChain, flat: Tensor) -> tuple[LocalLinearPiece, Tens
     return piece, _tangent_sensitivity(weights, masks, frobenius_sq, n)
 
 
-def _forward_values(
-    chain: ReluChain, weights: list[Tensor], flat: Tensor
-) -> tuple[Tensor, list[Tensor], list[Tensor | None]]:
+def _forward_values(chain: ReluChain, weights: list[Tensor], flat: Tensor) -> ForwardValues:
     """Return the logits, the hidden pre-activations and each layer's 0/1 mask ``D_l`` in the dtype of ``flat``."""
     h = flat
     masks: list[Tensor | None] = []

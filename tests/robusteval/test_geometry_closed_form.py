@@ -159,9 +159,9 @@ def test_working_set_cap_splits_into_equal_chunks(monkeypatch: pytest.MonkeyPatc
     sizes: list[int] = []
     original = closed_form._chain_chunk
 
-    def recording_chunk(chain_: object, flat: torch.Tensor) -> tuple[LocalLinearPiece, torch.Tensor]:
+    def recording_chunk(chain_: object, flat: torch.Tensor, forward: object) -> tuple[LocalLinearPiece, torch.Tensor]:
         sizes.append(flat.shape[0])
-        return original(chain_, flat)
+        return original(chain_, flat, forward)
 
     # Room for 4 samples per chunk: 10 samples need 3 chunks, of ceil(10 / 3) = 4 samples except the last.
     monkeypatch.setattr(closed_form, "CHUNK_WORKING_SET_BYTES", 4 * closed_form._bytes_per_sample(chain, 8))
@@ -171,3 +171,25 @@ def test_working_set_cap_splits_into_equal_chunks(monkeypatch: pytest.MonkeyPatc
     assert sizes == [4, 4, 2]
     torch.testing.assert_close(chunked_values, whole_values, rtol=1e-12, atol=0)
     torch.testing.assert_close(chunked.input_jacobian, whole.input_jacobian, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("budget_mib", [1, 4, 16])
+def test_float32_chunks_equal_one_pass_exactly(budget_mib: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In float32 the region-distance inputs must not depend on the chunk size, not even in the last bit."""
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
+    x = torch.rand(60, 784, generator=torch.Generator().manual_seed(11))
+    chain = recover_chain(model, x)
+    assert chain is not None
+
+    chunked, chunked_values = chain_analysis(chain, x, memory_budget=budget_mib * 2**20)
+    # Without the working-set cap, all 60 samples (about 140 MiB) form one chunk.
+    monkeypatch.setattr(closed_form, "CHUNK_WORKING_SET_BYTES", 2**30)
+    whole, whole_values = chain_analysis(chain, x, memory_budget=2**30)
+
+    assert torch.equal(chunked_values, whole_values)
+    assert torch.equal(chunked.logits, whole.logits)
+    assert torch.equal(chunked.input_jacobian, whole.input_jacobian)
+    for name in ("preactivations", "unit_gradient_l2", "unit_gradient_l1"):
+        for got, expected in zip(getattr(chunked, name), getattr(whole, name), strict=True):
+            assert torch.equal(got, expected), name
