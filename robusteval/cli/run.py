@@ -41,7 +41,7 @@ def run(
     tangent_shift_epsilon: Optional[float] = typer.Option(None, "--tangent-shift-eps", min=0.0, help="L2 radius of the tangent-shift search. Default: the median certified L2 radius of the first block (--block-size samples)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the rank-correlation intervals."),
     block_size: int = typer.Option(128, "--block-size", min=1, help="Samples per block: the unit of seeding, saving and sharding across workers."),
-    memory_budget_mib: int = typer.Option(2048, "--memory-budget", min=16, help="Memory the geometry stage may use at once, in MiB."),
+    memory_budget_mib: int = typer.Option(2048, "--memory-budget", min=16, help="Memory the geometry stage's working set may use at once, in MiB (on a CPU its chunks also stay under 48 MiB, which runs fastest). Model weights beyond it fail the preflight."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     force: bool = typer.Option(False, "--force", help="Overwrite results already in --out."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes to shard the samples over on this machine (launches torchrun; gloo backend on the CPU, NCCL with --device cuda, one GPU per process)."),
