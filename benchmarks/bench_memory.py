@@ -85,7 +85,7 @@ def bench_memory(quick: bool, *, budget_mib: int = DEFAULT_BUDGET_MIB) -> list[M
     samples = 128 if quick else 4096
     timeout = 600 if quick else 1800
     # (budget in MiB, block size, whether the line has the target, extra environment)
-    runs = [(budget_mib, 128, True, {}), (SMALL_BUDGET_MIB, 128, False, {})]
+    runs: list[tuple[int, int, bool, dict[str, str]]] = [(budget_mib, 128, True, {}), (SMALL_BUDGET_MIB, 128, False, {})]
     if not quick:
         runs += [(budget_mib, samples, False, {}), (SMALL_BUDGET_MIB, samples, False, {})]
     measurements = []

@@ -167,8 +167,8 @@ def kendall_resampled(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.nd
     weights = counts.astype(dtype, copy=False)
     # Dense ranks order the samples as x and y do and are exact in dtype, so the signs of their
     # differences need no float64 temporaries.
-    ranks_x = np.unique(x, return_inverse=True)[1].astype(dtype)
-    ranks_y = np.unique(y, return_inverse=True)[1].astype(dtype)
+    ranks_x: np.ndarray = np.unique(x, return_inverse=True)[1].astype(dtype)
+    ranks_y: np.ndarray = np.unique(y, return_inverse=True)[1].astype(dtype)
     sums = np.zeros((3, counts.shape[1]), dtype=np.float64)  # numerator, x pairs, y pairs
     block = max(1, CHUNK_ELEMENTS // n)
     for start in range(0, n, block):
