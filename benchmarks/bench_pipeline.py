@@ -317,7 +317,8 @@ def _bench_workload(
         for ours, theirs in zip(tm.robust_accuracy, robust[tm.norm].double().mean(dim=0).tolist())
     )
     accuracy = ", ".join(
-        f"{tm.norm} " + "/".join(f"{value:.2f}" for value in tm.robust_accuracy) for tm in results.threat_models
+        f"{tm.norm} " + " ".join(f"{epsilon:g}:{value:.2f}" for epsilon, value in zip(tm.epsilons, tm.robust_accuracy))
+        for tm in results.threat_models
     )
     load = load_average()
     attacks = ",".join(ATTACK_NAMES)
@@ -331,7 +332,7 @@ def _bench_workload(
             f"wall time robusteval {robusteval_seconds:.1f} s, direct {direct_seconds:.1f} s (best of {repeats}); "
             f"CPU time {robusteval_cpu:.1f} s against {direct_cpu:.1f} s ({100 * (robusteval_cpu / direct_cpu - 1):+.0f}%); "
             f"robusteval stages of its last run: {stages}; clean accuracy {results.clean_accuracy:.2f}, "
-            f"robust accuracy per epsilon {accuracy}; load {load}",
+            f"robust accuracy at each epsilon (epsilon:accuracy) {accuracy}; load {load}",
         ),
         Measurement(
             f"attack stage alone (adapters, recheck, bookkeeping) against the same direct calls, {workload} MLP, "

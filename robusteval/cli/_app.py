@@ -43,6 +43,21 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
+def at_least(minimum: float, unit: str = "") -> Callable[[float | None], float | None]:
+    """Return an option callback that rejects values below ``minimum``, naming the value and its unit.
+
+    Typer's own ``min=`` check prints neither the value given nor the unit.
+    """
+    suffix = f" {unit}" if unit else ""
+
+    def check(value: float | None) -> float | None:
+        if value is not None and value < minimum:
+            raise typer.BadParameter(f"got {value:g}{suffix}, but it must be at least {minimum:g}{suffix}.")
+        return value
+
+    return check
+
+
 @contextmanager
 def handle_errors() -> Iterator[None]:
     """Turn robusteval's errors and bad values into a message and exit code 2, Ctrl-C into 130."""

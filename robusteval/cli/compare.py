@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ._app import app, configure_logging, console, fail, handle_errors
+from ._app import app, at_least, configure_logging, console, fail, handle_errors
 
 if TYPE_CHECKING:
     from ..compare import Comparison
@@ -69,13 +69,13 @@ def compare(
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data for the models: 'digits', 'digits:image', or a .npz/.pt file. Required unless every MODEL is a results.json."),
     out: Path = typer.Option(Path("robusteval-compare"), "--out", "-o", help="Output directory: one run directory per model and comparison.html."),
     seed: int = typer.Option(0, "--seed", help="Seed of every evaluation and of the bootstrap resampling."),
-    samples: Optional[int] = typer.Option(None, "--samples", "-n", min=1, help="Evaluate only the first N samples."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", callback=at_least(1), help="Evaluate only the first N samples."),
     attacks: str = typer.Option("quick", "--attacks", help="Attack suite (quick, standard, thorough) or a comma-separated list of attacks."),
     eps: list[str] = typer.Option([], "--eps", help="Threat model as NORM=EPS,EPS,... (linf or l2), repeatable. Default: a grid for the data's scale."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for state_dict files, the same for every model."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading fully pickled models. Unpickling runs arbitrary code: use only for files you trust."),
     parameter_space: bool = typer.Option(True, "--parameter-space/--no-parameter-space", help="Run the parameter-space attacks."),
-    resamples: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the intervals on the differences."),
+    resamples: int = typer.Option(2000, "--bootstrap", callback=at_least(100), help="Bootstrap resamples for the intervals on the differences."),
     force: bool = typer.Option(False, "--force", help="Overwrite results already in the run directories under --out."),
     html: bool = typer.Option(True, "--html/--no-html", help="Write DIR/comparison.html."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to standard error (-vv for debug)."),

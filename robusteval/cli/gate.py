@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ._app import EXIT_OK, EXIT_THRESHOLD_FAILED, EXIT_UNRELIABLE, app, configure_logging, console, handle_errors
+from ._app import EXIT_OK, EXIT_THRESHOLD_FAILED, EXIT_UNRELIABLE, app, at_least, configure_logging, console, handle_errors
 from .compare import is_results_file, results_or_evaluation
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def gate(
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data to evaluate MODEL on: 'digits', 'digits:image', or a .npz/.pt file. Required unless MODEL is a results.json."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Keep the evaluation's results.json in this directory."),
     seed: int = typer.Option(0, "--seed", help="Seed for torch, numpy and every attack."),
-    samples: Optional[int] = typer.Option(None, "--samples", "-n", min=1, help="Evaluate only the first N samples."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", callback=at_least(1), help="Evaluate only the first N samples."),
     attacks: str = typer.Option("quick", "--attacks", help="Attack suite (quick, standard, thorough) or a comma-separated list of attacks."),
     eps: list[str] = typer.Option([], "--eps", help="Extra threat models as NORM=EPS,EPS,... . The policy's epsilons are always added, and a norm used only by its distance threshold gets the default grid."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for state_dict files."),

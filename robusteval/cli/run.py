@@ -11,7 +11,7 @@ from typing import Literal, Optional, cast
 import typer
 
 from ..pipeline import EvaluationConfig
-from ._app import app, configure_logging, console, error_console, fail, handle_errors
+from ._app import app, at_least, configure_logging, console, error_console, fail, handle_errors
 from ._progress import RichProgress
 
 TsMethod = Literal["auto", "closed_form", "exact", "hutchinson"]
@@ -26,7 +26,7 @@ def run(
     out: Path = typer.Option(Path("robusteval-out"), "--out", "-o", help="Output directory for results.json and the HTML report."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for state_dict files: 'mlp:64-128-10', 'cnn:1x8x8-16-10' or 'package.module:factory'."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a fully pickled model. Unpickling runs arbitrary code from the file: use only for files you trust."),
-    samples: Optional[int] = typer.Option(None, "--samples", "-n", min=1, help="Evaluate only the first N samples."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", callback=at_least(1), help="Evaluate only the first N samples."),
     seed: int = typer.Option(0, "--seed", help="Seed for torch, numpy and every attack."),
     device: str = typer.Option("cpu", "--device", help="'cpu', 'cuda' or 'cuda:N'."),
     eps: list[str] = typer.Option([], "--eps", help="Threat model as NORM=EPS,EPS,... (linf or l2), repeatable. Default: a grid for the data's scale."),
@@ -35,17 +35,17 @@ def run(
     lower: Optional[float] = typer.Option(None, "--lower", help="Lower input bound (default 0)."),
     upper: Optional[float] = typer.Option(None, "--upper", help="Upper input bound (default 1)."),
     ts_method: str = typer.Option("auto", "--ts-method", help="Tangent sensitivity: auto, closed_form, exact or hutchinson."),
-    probes: int = typer.Option(64, "--probes", min=1, help="Gaussian probes for the Hutchinson estimate."),
-    noise_draws: int = typer.Option(8, "--noise-draws", min=1, help="Weight-noise draws per scale."),
-    weight_steps: int = typer.Option(10, "--weight-steps", min=1, help="Gradient steps of the adversarial-weight and tangent-shift searches."),
-    tangent_shift_epsilon: Optional[float] = typer.Option(None, "--tangent-shift-eps", min=0.0, help="L2 radius of the tangent-shift search. Default: the median certified L2 radius of the first block (--block-size samples)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the rank-correlation intervals."),
-    block_size: int = typer.Option(128, "--block-size", min=1, help="Samples per block: the unit of seeding, saving and sharding across workers."),
-    memory_budget_mib: int = typer.Option(2048, "--memory-budget", min=16, help="Memory the geometry stage's working set may use at once, in MiB (on a CPU its chunks also stay under 48 MiB, which runs fastest). Model weights beyond it fail the preflight."),
+    probes: int = typer.Option(64, "--probes", callback=at_least(1), help="Gaussian probes for the Hutchinson estimate."),
+    noise_draws: int = typer.Option(8, "--noise-draws", callback=at_least(1), help="Weight-noise draws per scale."),
+    weight_steps: int = typer.Option(10, "--weight-steps", callback=at_least(1), help="Gradient steps of the adversarial-weight and tangent-shift searches."),
+    tangent_shift_epsilon: Optional[float] = typer.Option(None, "--tangent-shift-eps", callback=at_least(0.0), help="L2 radius of the tangent-shift search. Default: the median certified L2 radius of the first block (--block-size samples)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", callback=at_least(10), help="Bootstrap resamples for the rank-correlation intervals."),
+    block_size: int = typer.Option(128, "--block-size", callback=at_least(1), help="Samples per block: the unit of seeding, saving and sharding across workers."),
+    memory_budget_mib: int = typer.Option(2048, "--memory-budget", callback=at_least(16, "MiB"), help="Memory the geometry stage's working set may use at once, in MiB (on a CPU its chunks also stay under 48 MiB, which runs fastest). Model weights beyond it fail the preflight."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     force: bool = typer.Option(False, "--force", help="Overwrite results already in --out."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes to shard the samples over on this machine (launches torchrun; gloo backend on the CPU, NCCL with --device cuda, one GPU per process)."),
-    worker_timeout: float = typer.Option(1800.0, "--worker-timeout", min=1.0, help="Seconds a process of a multi-process run waits for the others (joining, and gathering the results) before it stops with an error."),
+    workers: int = typer.Option(1, "--workers", callback=at_least(1), help="Processes to shard the samples over on this machine (launches torchrun; gloo backend on the CPU, NCCL with --device cuda, one GPU per process)."),
+    worker_timeout: float = typer.Option(1800.0, "--worker-timeout", callback=at_least(1.0, "s"), help="Seconds a process of a multi-process run waits for the others (joining, and gathering the results) before it stops with an error."),
     html: bool = typer.Option(True, "--html/--no-html", help="Write DIR/report.html."),
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file whose \\[run] table sets defaults for these options (threat models under \\[run.eps]); options on the command line win."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to standard error (-vv for debug)."),

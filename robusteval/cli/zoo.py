@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app, configure_logging, console, handle_errors
+from ._app import app, at_least, configure_logging, console, handle_errors
 from ._progress import RichProgress
 
 zoo_app = typer.Typer(help="The documented family of small digits classifiers.", no_args_is_help=True)
@@ -47,7 +47,7 @@ def study(
     quick: bool = typer.Option(False, "--quick", help="Use 400 samples per split and 500 bootstrap resamples instead of all samples and 2000."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder for study.json and study.html (default: ZOO_DIR/study)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
-    resamples: Optional[int] = typer.Option(None, "--resamples", min=1, help="Bootstrap resamples per coefficient (overrides the --quick default)."),
+    resamples: Optional[int] = typer.Option(None, "--resamples", callback=at_least(1), help="Bootstrap resamples per coefficient (overrides the --quick default)."),
     html: bool = typer.Option(True, "--html/--no-html", help="Also write study.html."),
     force: bool = typer.Option(False, "--force", help="Overwrite study.json and study.html already in --out."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to standard error (-vv for debug)."),

@@ -525,3 +525,15 @@ def test_resume_and_force_together_rejected(tmp_path: Path) -> None:
     assert result.exit_code == EXIT_BAD_INPUT
     assert "--resume and --force cannot be combined" in one_line(result.stderr)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "phrase"),
+    [("--memory-budget", "-5", "got -5 MiB, but it must be at least 16 MiB"), ("--samples", "0", "got 0, but it must be at least 1")],
+)
+def test_option_below_minimum_names_value(option: str, value: str, phrase: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", option, value, "--out", str(tmp_path / "out")])
+
+    assert result.exit_code == EXIT_BAD_INPUT
+    # Typer draws the message in a box; drop its borders before matching.
+    assert phrase in one_line(result.output.replace("│", " "))
