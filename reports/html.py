@@ -155,9 +155,10 @@ def _summary_cards(results: Results) -> list[dict[str, str]]:
     ]
     for threat_model in results.threat_models:
         if threat_model.epsilons and threat_model.robust_accuracy:
+            # The smallest epsilon of the grid: the largest is a check that accuracy reaches zero.
             cards.append({
-                "label": f"robust accuracy, {threat_model.norm} epsilon {threat_model.epsilons[-1]:g}",
-                "value": format_percent(threat_model.robust_accuracy[-1]),
+                "label": f"robust accuracy, {threat_model.norm} epsilon {threat_model.epsilons[0]:g}",
+                "value": format_percent(threat_model.robust_accuracy[0]),
             })
         cards.append({
             "label": f"median minimal adversarial distance ({threat_model.norm})",
@@ -370,11 +371,24 @@ def _interval(value: Any) -> str:
     return format_number(value)
 
 
+def _auroc_text(value: Any) -> str:
+    """Format an AUROC, or the per-epsilon AUROC list of a distance target as ``epsilon: value`` pairs."""
+    if isinstance(value, (list, tuple)):
+        pairs = [
+            f"{format_number(item.get('epsilon'))}: {format_number(item.get('auroc'), 3)}"
+            for item in value
+            if isinstance(item, Mapping)
+        ]
+        return ", ".join(pairs) if pairs else format_number(None)
+    return format_number(value, 3)
+
+
 def _predictive_section(predictive: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    from robusteval.analysis import rank_scores
+
     rows = []
-    for entry in predictive:
-        if not isinstance(entry, Mapping):
-            continue
+    # Grouped by target, strongest correlation first, as in the terminal report.
+    for entry in rank_scores([dict(entry) for entry in predictive if isinstance(entry, Mapping)]):
         rows.append({
             "score": entry.get("score"),
             "target": entry.get("target"),
@@ -383,7 +397,7 @@ def _predictive_section(predictive: Sequence[Mapping[str, Any]]) -> list[dict[st
             "kendall": entry.get("kendall"),
             "kendall_ci": _interval(entry.get("kendall_ci")),
             "n": entry.get("n"),
-            "auroc": entry.get("auroc"),
+            "auroc": _auroc_text(entry.get("auroc")),
         })
     return rows
 

@@ -202,11 +202,12 @@ def test_summary_cards_numbers() -> None:
 
     # 9 of 12 samples are correct (i % 5 != 0), so the clean accuracy is 75.0%.
     assert '<div class="value">75.0%</div><div class="label">clean accuracy</div>' in page
-    # At linf 0.1: robust when correct and distance 0.015 (i + 1) > 0.1, or never fooled.
+    # At linf 0.02, the smallest epsilon: robust when correct and distance 0.015 (i + 1) > 0.02,
+    # or never fooled.
     expected = sum(
-        (i % 5 != 0) and (i % 4 == 3 or 0.015 * (i + 1) > 0.1) for i in range(12)
+        (i % 5 != 0) and (i % 4 == 3 or 0.015 * (i + 1) > 0.02) for i in range(12)
     ) / 12
-    assert f'<div class="value">{100 * expected:.1f}%</div><div class="label">robust accuracy, linf epsilon 0.1</div>' in page
+    assert f'<div class="value">{100 * expected:.1f}%</div><div class="label">robust accuracy, linf epsilon 0.02</div>' in page
 
 
 def test_write_html_creates_file(tmp_path: pytest.TempPathFactory) -> None:
@@ -257,3 +258,28 @@ def test_comparison_tables_scroll() -> None:
     for table in ("side-by-side", "mcnemar", "bootstrap"):
         assert f'<div class="table-scroll"><table class="{table}">' in page
     assert ".table-scroll { max-width: 100%; overflow-x: auto; }" in page
+
+
+def test_predictive_auroc_per_epsilon_is_readable() -> None:
+    per_epsilon = [{"epsilon": 0.1, "auroc": 0.1834, "robust": 3, "not_robust": 9},
+                   {"epsilon": 0.2, "auroc": None, "robust": 0, "not_robust": 12}]
+    entry = {"score": "tangent_sensitivity", "target": "min_adversarial_distance_l2", "spearman": -0.2,
+             "spearman_ci": [-0.5, 0.1], "kendall": -0.1, "kendall_ci": [-0.3, 0.1], "n": 12, "auroc": per_epsilon}
+    page = render_html(make_results(predictive=[entry]))
+
+    body = re.search(r'<table class="predictive">.*?</table>', page, flags=re.DOTALL).group(0)
+    assert "0.1: 0.183" in body
+    assert "0.2: " in body
+    assert "{" not in body
+    assert "&#39;epsilon&#39;" not in body
+
+
+def test_predictive_rows_strongest_first_within_target() -> None:
+    entries = [
+        {"score": "weak", "target": "t", "spearman": 0.1, "n": 10},
+        {"score": "strong", "target": "t", "spearman": -0.9, "n": 10},
+    ]
+    page = render_html(make_results(predictive=entries))
+
+    body = re.search(r'<table class="predictive">.*?</table>', page, flags=re.DOTALL).group(0)
+    assert body.index("strong") < body.index("weak")
