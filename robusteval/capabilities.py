@@ -1,10 +1,11 @@
 """Checks of the analyses a model supports, shared by ``run`` and ``inspect``.
 
-Two analyses depend on how the model was saved rather than on what it computes. Region
-distances and certified radii need the pre-activations of every ReLU, which robusteval cannot
-reach inside a TorchScript module with its own ``forward``. The parameter-space attacks need
-``torch.func``, which cannot run such a module either. Both stages then skip the analysis and
-raise one of the flags below, and ``inspect`` reports the same flags before a run.
+Three analyses depend on how the model was saved rather than on what it computes. Region
+distances, certified radii and the count of regions between a sample and its adversarial
+example need the pre-activations of every ReLU, which robusteval cannot reach inside a
+TorchScript module with its own ``forward``. The parameter-space attacks need ``torch.func``,
+which cannot run such a module either. The stages then skip the analysis and raise one of the
+flags below, and ``inspect`` reports the same flags before a run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .results import Flag
 
 REGION_DISTANCE_UNAVAILABLE = "region_distance_unavailable"
 PARAMETER_SPACE_UNAVAILABLE = "parameter_space_unavailable"
+REGION_WALK_UNAVAILABLE = "region_walk_unavailable"
 
 
 def region_distance_unavailable_flag() -> Flag:
@@ -45,12 +47,18 @@ def parameter_space_unavailable_flag() -> Flag:
     )
 
 
+def region_walk_unavailable_flag(error: ValueError) -> Flag:
+    """Return the flag of a model whose regions between a sample and its adversarial example cannot be counted."""
+    return Flag(REGION_WALK_UNAVAILABLE, "info", str(error), "analysis")
+
+
 def capability_flags(model: nn.Module, probe: torch.Tensor, bounds: Bounds) -> list[Flag]:
     """Return the flags a run of ``model`` would raise for analyses it cannot support.
 
     ``probe`` is a few input samples ``(n, ...)`` in ``bounds``. The geometry stage runs on them
     as it would in ``robusteval run``, so the flags match those of a run.
     """
+    from .analysis.region_walk import RegionWalker
     from .geometry import local_linear_analysis
 
     flags = []
@@ -58,6 +66,10 @@ def capability_flags(model: nn.Module, probe: torch.Tensor, bounds: Bounds) -> l
     region = geometry.region_distance["l2"]
     if all(math.isnan(value) for value in region.tolist()):
         flags.append(region_distance_unavailable_flag())
+    try:
+        RegionWalker(model, probe)
+    except ValueError as error:
+        flags.append(region_walk_unavailable_flag(error))
     if eager_equivalent(model, probe) is None:
         flags.append(parameter_space_unavailable_flag())
     return flags

@@ -30,7 +30,7 @@ from torch import nn
 
 from . import __version__
 from ._types import Bounds, Norm
-from .capabilities import parameter_space_unavailable_flag, region_distance_unavailable_flag
+from .capabilities import parameter_space_unavailable_flag, region_distance_unavailable_flag, region_walk_unavailable_flag
 from .devices import check_model_device, resolve_device
 from .distributed import DistributedContext
 from .eager import eager_equivalent
@@ -523,7 +523,7 @@ def _regions_crossed(
                 values = context.region_walker.count(x[found], adversarial[found])
             except ValueError as error:
                 # Models whose ReLUs cannot be located have no region walk, which one flag records.
-                flags.append(Flag("region_walk_unavailable", "info", str(error), "analysis"))
+                flags.append(region_walk_unavailable_flag(error))
                 return {}
             for position, value in zip(torch.nonzero(found).flatten().tolist(), values.tolist()):
                 counts[position] = int(value)

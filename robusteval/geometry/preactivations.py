@@ -136,7 +136,8 @@ def _check_scripted_children(sequential: torch.jit.ScriptModule) -> None:
         elif kind != "ReLU" and _graph_has_relu(child):
             raise ValueError(
                 f"Expected the ReLUs of a TorchScript Sequential to be separate children, but child "
-                f"{name!r} ({kind}) calls ReLU inside its own forward. Pass the eager module instead."
+                f"{name!r} ({kind}) calls ReLU inside its own forward. Pass the eager module, or save the model "
+                "with torch.export (.pt2) or as a state_dict with --arch."
             )
 
 

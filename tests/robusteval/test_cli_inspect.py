@@ -59,6 +59,7 @@ def test_inspect_flags_what_run_would_skip(tmp_path):
     assert result.exit_code == 0, result.output
     assert "region_distance_unavailable" in result.output
     assert "parameter_space_unavailable" in result.output
+    assert "region_walk_unavailable" in result.output
     assert "double backward" in result.output
     assert "cannot tell" in result.output
     assert "preflight: no findings" not in result.output
