@@ -128,8 +128,13 @@ def _geometry_table(results: Results) -> Table:
         table.add_row(label, *(_number(_quantile(finite, q)) for q in (0, 0.5, 1)), _sparkline(finite))
 
     exact = {norm: sum(bool(s.certificate_exact.get(norm)) for s in samples) for norm in ("l2", "linf")}
-    caption = (f"TS = tangent sensitivity. Certified radius is exact (equals the true minimal "
-               f"adversarial distance) for l2 {exact['l2']}/{len(samples)}, linf {exact['linf']}/{len(samples)} samples.")
+    certified = any(getattr(s.certified_radius, norm) is not None for s in samples for norm in ("l2", "linf"))
+    caption = "TS = tangent sensitivity."
+    if certified:
+        caption += (f" Certified radius is exact (equals the true minimal adversarial distance) for l2 "
+                    f"{exact['l2']}/{len(samples)}, linf {exact['linf']}/{len(samples)} samples.")
+    else:
+        caption += " No certified radii: see the flags below."
     regions = results.regions or {}
     if regions.get("available"):
         caption += (f" {regions['distinct_patterns']} distinct activation regions among {regions['samples']} samples"

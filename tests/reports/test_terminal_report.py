@@ -88,3 +88,15 @@ def test_scale_at_drop_interpolates_between_grid_points():
     assert _scale_at_drop([0.0, 0.1, 0.2], [1.0, 0.8, 0.4]) == 0.05
     assert _scale_at_drop([0.0, 0.1], [1.0, 0.95]) is None
     assert _scale_at_drop([0.0], [1.0]) is None
+
+
+def test_report_without_certified_radii_says_so():
+    results = make_results([])
+    for sample in results.samples:
+        sample.certified_radius = NormPair(l2=None, linf=None)
+        sample.certificate_exact = {"l2": False, "linf": False}
+
+    text = rendered(results)
+
+    assert "No certified radii" in text
+    assert "Certified radius is exact" not in text
