@@ -61,12 +61,17 @@ def test_direct_calls_match_robusteval() -> None:
     pipeline = _load("bench_pipeline")
     measurements = pipeline.bench_pipeline(quick=True)
 
-    # Three lines per workload: overhead, attack stage alone, agreement of robust accuracy.
+    # Three lines per workload at the one quick size: overhead, attack stage alone, agreement of
+    # robust accuracy. The target applies to the trained model only; the random one is a stress case.
     assert len(measurements) == 3 * len(pipeline.WORKLOADS)
-    for overhead, attack_stage, agreement in zip(*[iter(measurements)] * 3):
+    lines = zip(*[iter(measurements)] * 3)
+    for (_, targeted), (overhead, attack_stage, agreement) in zip(pipeline.WORKLOADS.values(), lines):
         assert agreement.passed is True
         assert agreement.value == 0.0
-        assert overhead.passed is (overhead.value <= pipeline.OVERHEAD_TARGET_PERCENT)
+        if targeted:
+            assert overhead.passed is (overhead.value <= pipeline.OVERHEAD_TARGET_PERCENT)
+        else:
+            assert overhead.passed is None
         assert math.isfinite(overhead.value)
         assert overhead.value > -100
         assert attack_stage.passed is None
