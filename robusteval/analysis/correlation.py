@@ -17,6 +17,10 @@ CONFIDENCE = 0.95
 # Values in one temporary array of the bootstrap computations, 8 MiB in float64. With whole
 # (n, R) and (n, n) arrays, the analysis of 4,096 samples raised a run's peak memory by 360 MiB.
 CHUNK_ELEMENTS = 2**20
+# Largest sample count for which the Kendall resamples use matrix products. Up to it, float32
+# products are exact. Above it, one O(n log n) scipy call per resample is faster: for 1,000
+# resamples, 0.67 s against 0.92 s at 4,096 samples and 1.9 s against 24 s at 10,000.
+MATRIX_KENDALL_LIMIT = 4096
 
 
 class BootstrapInterval(NamedTuple):
@@ -160,10 +164,13 @@ def kendall_resampled(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.nd
     of R separate O(n log n) computations. The matrices are built a block of rows at a time,
     about :data:`CHUNK_ELEMENTS` values each, so that memory stays linear in ``n``. Each entry of
     ``M w`` is an integer of magnitude at most n, and each sum below n^2 < 2^24 for n <= 4096,
-    so float32 products are exact there; larger n uses float64.
+    so float32 products are exact there. Larger samples, where the products would cost
+    O(n^2) per resample in float64, compute each resample with scipy's O(n log n) algorithm.
     """
     n = x.size
-    dtype = np.float32 if n <= 4096 else np.float64
+    if n > MATRIX_KENDALL_LIMIT:
+        return _kendall_each_resample(x, y, counts)
+    dtype = np.float32
     weights = counts.astype(dtype, copy=False)
     # Dense ranks order the samples as x and y do and are exact in dtype, so the signs of their
     # differences need no float64 temporaries.
@@ -181,6 +188,16 @@ def kendall_resampled(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.nd
     denominator = np.sqrt(pairs_x * pairs_y)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, np.clip(numerator / denominator, -1.0, 1.0), np.nan)
+
+
+def _kendall_each_resample(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Return Kendall's tau-b of every resample ``(R,)``, one scipy call per resample."""
+    samples = np.arange(x.size)
+    values = np.empty(counts.shape[1], dtype=np.float64)
+    for resample in range(counts.shape[1]):
+        drawn = np.repeat(samples, counts[:, resample])
+        values[resample] = kendall(x[drawn], y[drawn])
+    return values
 
 
 def bootstrap_kendall(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> BootstrapInterval:

@@ -171,3 +171,14 @@ def test_bootstrap_counts_in_one_group_match_indices() -> None:
 
     expected = draw_counts(bootstrap_indices(20, 30, np.random.default_rng(9)), 20)
     np.testing.assert_array_equal(counts, expected)
+
+
+def test_kendall_each_resample_equals_matrix_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = _correlated_data(14, n=60, ties=True)
+    counts = _counts(x.size, 50, seed=7)
+    by_products = kendall_resampled(x, y, counts)
+
+    monkeypatch.setattr(correlation, "MATRIX_KENDALL_LIMIT", 10)
+    one_by_one = kendall_resampled(x, y, counts)
+
+    np.testing.assert_allclose(one_by_one, by_products, rtol=0, atol=1e-12)
