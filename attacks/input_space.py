@@ -278,8 +278,9 @@ def _recheck_flag(
     message = (
         f"{int(failed.sum())} of {int(claimed.sum())} adversarial examples that {name} reported under "
         f"{norm} {budget} failed robusteval's recheck ({', '.join(f'{k}: {v}' for k, v in counts.items())}); "
-        "they were not counted. A backend that misreports success, or a model whose outputs depend on "
-        "the batch, causes this."
+        "they were not counted. Minimal-norm attacks such as FMN stop on the decision boundary, where "
+        "rounding can decide the class, which causes a few; many point to a backend that misreports "
+        "success or a model whose outputs depend on the batch."
     )
     return Flag(
         code="adversarial_recheck_failed",
