@@ -236,7 +236,7 @@ def _run_once(
     check = recheck_adversarial(
         model, inputs, labels, result.adversarial, result.claimed, norm=norm, epsilon=epsilon, bounds=context.bounds
     )
-    record.update(positions, check, result.adversarial)
+    record.update(positions, check, result.adversarial if check.examples is None else check.examples)
     if check.failures:
         outcome.flags.append(_recheck_flag(spec.name, norm, epsilon, positions, check, result.claimed))
 

@@ -7,6 +7,13 @@ A backend's success flag is not trusted. An example counts only when all of thes
   ``EPSILON_RTOL * epsilon + EPSILON_ATOL_FRACTION * (upper - lower)`` (fixed-budget attacks);
 * the model, evaluated again in eval mode without gradients and at a batch size different from
   the attack's, predicts a class other than the label.
+
+Minimal-norm attacks such as FMN stop on the decision boundary, where the logits of two classes
+differ by rounding only and the class can change with the batch size. A claimed example that
+passes every check but the last is therefore moved outward along its own perturbation by a
+relative 1e-6, then 1e-5, 1e-4 and 1e-3, and counts, at its new and slightly larger distance, as
+soon as it is misclassified and still within the budget. Without this, a plain ReLU MLP lost 6
+of 128 FMN examples, and one sample's minimal distance came from PGD at 440 times the true one.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from .threat_models import epsilon_with_tolerance, perturbation_norm
 
 # Failure reasons, in the order they are checked.
 FAILURE_REASONS = ("non_finite", "out_of_bounds", "outside_epsilon", "not_misclassified")
+# Relative steps that move an example from the decision boundary outward along its perturbation.
+BOUNDARY_STEPS = (1e-6, 1e-5, 1e-4, 1e-3)
 
 
 @dataclass(frozen=True)
@@ -37,11 +46,14 @@ class RecheckResult:
         verified: ``(n,)`` bool, candidates that pass every check.
         distances: ``(n,)`` float64 perturbation norms; ``inf`` where not verified.
         failures: reason -> ``(n,)`` bool, candidates the backend claimed that failed the check.
+        examples: ``(n, *input_shape)`` the candidates as verified, with boundary examples moved
+            outward (see the module docstring); ``None`` when none moved.
     """
 
     verified: Tensor
     distances: Tensor
     failures: dict[str, Tensor]
+    examples: Tensor | None = None
 
     @property
     def failed_claims(self) -> Tensor:
@@ -130,6 +142,25 @@ def recheck_adversarial(
         predictions = _predict_fresh(model, safe_candidates, batch_size)
     misclassified = predictions != labels
 
+    # Claimed examples on the decision boundary: everything passes but the class.
+    on_boundary = claimed & finite & inside & within & ~misclassified
+    moved = False
+    for step in BOUNDARY_STEPS:
+        rows = on_boundary.nonzero().flatten()
+        if len(rows) == 0:
+            break
+        moved_rows, moved_distances, success = _move_outward(
+            model, inputs[rows], labels[rows], safe_candidates[rows], step, norm=norm, epsilon=epsilon, bounds=bounds
+        )
+        if bool(success.any()):
+            if not moved:
+                safe_candidates, moved = safe_candidates.clone(), True
+            accepted = rows[success]
+            safe_candidates[accepted] = moved_rows[success]
+            distances[accepted] = moved_distances[success].to(distances.dtype)
+            misclassified[accepted] = True
+            on_boundary[accepted] = False
+
     checks = {
         "non_finite": finite,
         "out_of_bounds": inside,
@@ -143,7 +174,31 @@ def recheck_adversarial(
         verified=verified.cpu(),
         distances=distances.cpu(),
         failures={reason: mask.cpu() for reason, mask in failures.items()},
+        examples=torch.where(row_mask, safe_candidates, candidates).cpu() if moved else None,
     )
+
+
+def _move_outward(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    candidates: Tensor,
+    step: float,
+    *,
+    norm: Norm,
+    epsilon: float | None,
+    bounds: Bounds,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Scale each perturbation by ``1 + step``; return the moved examples, their norms and which now count."""
+    moved = (inputs + (candidates - inputs) * (1 + step)).clamp(bounds.lower, bounds.upper)
+    distances = perturbation_norm(moved, inputs, norm).to(inputs.device)
+    within = torch.ones_like(labels, dtype=torch.bool) if epsilon is None else distances <= epsilon_with_tolerance(float(epsilon), bounds)
+    count = len(moved)
+    if count == 1:
+        predictions = _predict_fresh(model, torch.cat([moved, inputs]), 2)[:1]
+    else:
+        predictions = _predict_fresh(model, moved, recheck_batch_size(count))
+    return moved, distances, within & (predictions != labels)
 
 
 def _predict_fresh(model: nn.Module, inputs: Tensor, batch_size: int) -> Tensor:

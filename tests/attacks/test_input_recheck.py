@@ -221,3 +221,24 @@ def test_recheck_epsilon_tolerance() -> None:
     check = recheck_adversarial(model, inputs, torch.zeros(2, dtype=torch.long), candidates,
                                 torch.ones(2, dtype=torch.bool), norm="linf", epsilon=0.1, bounds=UNIT)
     assert check.verified.tolist() == [True, False]
+
+
+def test_recheck_moves_boundary_example_outward() -> None:
+    """On the boundary x_0 + x_1 = 1 both logits are 0 and argmax picks the label; a tiny step out counts."""
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+        model.bias.copy_(torch.tensor([0.0, -1.0]))
+    inputs = torch.tensor([[0.4, 0.4], [0.4, 0.4]])
+    candidates = torch.tensor([[0.5, 0.5], [0.45, 0.45]])  # on the boundary; well inside class 0
+    labels = torch.zeros(2, dtype=torch.long)
+
+    check = recheck_adversarial(model, inputs, labels, candidates, torch.ones(2, dtype=torch.bool),
+                                norm="linf", epsilon=None, bounds=UNIT)
+
+    assert check.verified.tolist() == [True, False]
+    assert 0.1 <= check.distances[0].item() <= 0.1 * 1.001
+    assert check.examples is not None
+    assert model(check.examples[:1]).argmax(dim=1).item() == 1
+    assert torch.equal(check.examples[1], candidates[1])
+    assert check.failures["not_misclassified"].tolist() == [False, True]
