@@ -420,6 +420,10 @@ def _evaluate_block(
 # affine. In float64 a 784-256-256-10 ReLU MLP measured about 3e-11, while one tanh layer at
 # the radii where the check runs gives 1e-2 or more.
 AFFINE_TOLERANCE = 1e-3
+# Samples per block whose input Hessian is probed, and the largest ||H v|| / ||g|| (per unit of
+# input) accepted as zero. ReLU networks give exactly 0; a tanh layer gives order 0.1 to 10.
+CURVATURE_SAMPLES = 16
+CURVATURE_TOLERANCE = 1e-6
 # Multiple of the machine epsilon times the logits' magnitude that rounding may add to the
 # difference, for a model that cannot be converted to float64 and is checked in its own dtype.
 ROUNDING_FACTOR = 64
@@ -440,14 +444,32 @@ def _check_affine_claims(context: _Context, x: torch.Tensor, geometry: Any, seed
     """
     region = geometry.region_distance["l2"]
     decision = geometry.linear_decision_distance["l2"]
+    model, dtype = _affine_reference(context), torch.float64
+    if model is None:
+        model, dtype = context.model, x.dtype
+
+    # Every certificate assumes a piecewise-linear network, whose input Hessian is zero inside
+    # each region. A tanh layer beside the ReLUs makes it nonzero at any radius, including radii
+    # too small for the affinity test below to see the curvature.
+    located = torch.nonzero(~torch.isnan(region)).flatten()[:CURVATURE_SAMPLES]
+    if len(located):
+        curvature = _input_curvature(model, x[located].to(dtype), seed)
+        if curvature > CURVATURE_TOLERANCE:
+            return _withdraw_certificates(geometry, Flag(
+                "not_piecewise_linear", "warning",
+                f"The model's input Hessian is not zero (its product with a random direction is {curvature:.2g} times "
+                "the gradient's norm per unit of input), so it is not a piecewise-linear ReLU network. Region "
+                "distances and certified radii are reported as unavailable; tangent sensitivity, attacks and the "
+                "other scores are unaffected.",
+                "geometry",
+                {"relative_curvature": curvature},
+            ))
+
     # A NaN region distance claims nothing: the radius is already unavailable there.
     claimed = torch.isfinite(decision) & (decision > 0) & ~torch.isnan(region) & (region >= decision)
     if not bool(claimed.any()):
         return geometry, []
 
-    model, dtype = _affine_reference(context), torch.float64
-    if model is None:
-        model, dtype = context.model, x.dtype
     rows = torch.nonzero(claimed).flatten()
     inputs = x[rows].to(dtype)
     generator = torch.Generator().manual_seed(seed)
@@ -464,14 +486,7 @@ def _check_affine_claims(context: _Context, x: torch.Tensor, geometry: Any, seed
     if float(mismatch) <= AFFINE_TOLERANCE:
         return geometry, []
 
-    unavailable = {norm: torch.full_like(values, math.nan) for norm, values in geometry.region_distance.items()}
-    withdrawn = replace(
-        geometry,
-        region_distance=unavailable,
-        certified_radius={norm: torch.full_like(values, math.nan) for norm, values in geometry.certified_radius.items()},
-        certificate_exact={norm: torch.zeros_like(values, dtype=torch.bool) for norm, values in geometry.certificate_exact.items()},
-    )
-    flag = Flag(
+    return _withdraw_certificates(geometry, Flag(
         "not_piecewise_linear", "warning",
         f"The model is not affine where its certificate needs it to be (relative deviation {float(mismatch):.2g} "
         f"on a ball inside the claimed radius), so it is not a piecewise-linear ReLU network. Region distances "
@@ -479,8 +494,42 @@ def _check_affine_claims(context: _Context, x: torch.Tensor, geometry: Any, seed
         "are unaffected.",
         "geometry",
         {"relative_deviation": float(mismatch)},
+    ))
+
+
+def _withdraw_certificates(geometry: Any, flag: Flag) -> tuple[Any, list[Flag]]:
+    """Return ``geometry`` with region distances and certified radii set to NaN, and ``flag``."""
+    withdrawn = replace(
+        geometry,
+        region_distance={norm: torch.full_like(values, math.nan) for norm, values in geometry.region_distance.items()},
+        certified_radius={norm: torch.full_like(values, math.nan) for norm, values in geometry.certified_radius.items()},
+        certificate_exact={norm: torch.zeros_like(values, dtype=torch.bool) for norm, values in geometry.certificate_exact.items()},
     )
     return withdrawn, [flag]
+
+
+def _input_curvature(model: nn.Module, inputs: torch.Tensor, seed: int) -> float:
+    """Return the largest ``||H v|| / ||g||`` over ``inputs``, for ``g`` the input gradient of ``u . f``.
+
+    ``u`` and the unit direction ``v`` are random per sample; ``H v`` is the derivative of ``g``
+    along ``v``, by double backward. Through ReLU, max-pooling and affine layers it is exactly
+    zero, because their second derivatives are zero in autograd.
+    """
+    generator = torch.Generator().manual_seed(derive_seed(seed, "curvature"))
+    x = inputs.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        weights = torch.randn(logits.shape, generator=generator, dtype=torch.float64).to(logits)
+        (gradient,) = torch.autograd.grad((logits * weights).sum(), x, create_graph=True)
+        direction = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)
+        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, *[1] * (x.dim() - 1))
+        if not gradient.requires_grad:
+            return 0.0
+        (product,) = torch.autograd.grad((gradient * direction).sum(), x, allow_unused=True)
+    if product is None:
+        return 0.0
+    ratio = product.flatten(1).norm(dim=1) / gradient.detach().flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
+    return float(ratio.max())
 
 
 def _affine_reference(context: _Context) -> nn.Module | None:

@@ -116,3 +116,29 @@ def test_relu_mlp_keeps_certificates_at_small_radii(tmp_path):
     radii = [sample.certified_radius.l2 for sample in results.samples]
     assert all(radius is not None for radius in radii)
     assert min(radii) < 1e-3
+
+
+def test_tanh_beside_relus_gets_no_certificate(tmp_path):
+    """With ReLUs located, region distances fall below the decision distances and the radii are tiny,
+    so only the curvature probe can tell that the tanh layer breaks the certificate."""
+    torch.manual_seed(0)
+    x, y = (torch.from_numpy(a) for a in digits_split("train"))
+    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    path = tmp_path / "mixed.pt2"
+    program = torch.export.export(model.eval(), (x[:4],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+
+    results = evaluate(EvaluationConfig(model=str(path), samples=12, attacks=("fmn",), parameter_space=False,
+                                        bootstrap=20))
+
+    flags = [flag for flag in results.flags if flag.code == "not_piecewise_linear"]
+    assert flags
+    assert flags[0].details["relative_curvature"] > 1e-3
+    for sample in results.samples:
+        assert sample.certified_radius.l2 is None
+        assert sample.region_distance.l2 is None
