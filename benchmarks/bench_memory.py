@@ -109,7 +109,7 @@ def bench_memory(quick: bool, *, budget_mib: int = DEFAULT_BUDGET_MIB) -> list[M
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the memory measurements and print one line each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="128 samples in three runs instead of 4,096 in four")
+    parser.add_argument("--quick", action="store_true", help="128 samples in two runs instead of 4,096 in four")
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET_MIB, help="memory budget of the target run, in MiB")
     arguments = parser.parse_args(argv)
     for measurement in bench_memory(arguments.quick, budget_mib=arguments.budget):

@@ -3,8 +3,8 @@
 Every ratio compares two computations measured side by side in the same run, so that load from
 other processes affects both sides alike. Usage::
 
-    python benchmarks/run.py            # full run: geometry, pipeline, memory (about 20 minutes on 2 shared cores)
-    python benchmarks/run.py --quick    # smaller sizes, for a smoke test (about 2 minutes on 2 shared cores)
+    python benchmarks/run.py            # full run: geometry, pipeline, memory (4.5 minutes on 2 idle cores)
+    python benchmarks/run.py --quick    # smaller sizes, for a smoke test (about 20 seconds on 2 idle cores)
     python benchmarks/run.py --only pipeline --profile
 
 Lines marked INFO have no target. The geometry measurements come from ``bench_geometry.py``,
