@@ -45,6 +45,11 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "block_size": ((int,), "a positive integer"),
     "memory_budget": ((int,), "MiB, an integer >= 16"),
 }
+# Smallest accepted value of the numeric keys, as on the command line.
+_MINIMUMS: dict[str, float] = {
+    "samples": 1, "probes": 1, "noise_draws": 1, "weight_steps": 1, "tangent_shift_eps": 0,
+    "bootstrap": 10, "block_size": 1, "memory_budget": 16,
+}
 
 
 def load_run_table(path: str | Path) -> dict[str, Any]:
@@ -78,7 +83,8 @@ def load_run_table(path: str | Path) -> dict[str, Any]:
                 f"Unknown key {key!r} in the [run] table of {str(source)!r}. Known keys: {', '.join(sorted(_KEYS))}."
             )
         types, description = _KEYS[key]
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        wrong_type = isinstance(value, bool) and bool not in types or not isinstance(value, types)
+        if wrong_type or (key in _MINIMUMS and value < _MINIMUMS[key]):
             raise ValueError(
                 f"Expected [run] {key} in {str(source)!r} to be {description}, but got {value!r}."
             )

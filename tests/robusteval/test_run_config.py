@@ -36,6 +36,9 @@ def test_file_without_run_table_gives_nothing(tmp_path):
     ("[run.eps]\nl3 = [1]\n", "norm"),
     ("run = 3\n", "table"),
     ("[run\n", "not valid TOML"),
+    ("[run]\nblock_size = 0\n", r"block_size .* a positive integer, but got 0"),
+    ("[run]\nmemory_budget = -5\n", r"memory_budget .* MiB, an integer >= 16, but got -5"),
+    ("[run]\nmemory_budget = 1\n", r"memory_budget .* but got 1\."),
 ])
 def test_invalid_tables_rejected(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
