@@ -164,7 +164,7 @@ def _summary_cards(results: Results) -> list[dict[str, str]]:
             "label": f"median minimal adversarial distance ({threat_model.norm})",
             "value": format_number(median_min_adversarial_distance(results, threat_model.norm)),  # type: ignore[arg-type]
         })
-    cards.append({"label": "mean tangent sensitivity", "value": format_number(mean_tangent_sensitivity(results))})
+    cards.append({"label": "mean tangent sensitivity of the predicted class", "value": format_number(mean_tangent_sensitivity(results))})
     errors = sum(flag.severity == "error" for flag in results.flags)
     warnings_count = sum(flag.severity == "warning" for flag in results.flags)
     cards.append({"label": "flags (error / warning)", "value": f"{errors} / {warnings_count}"})
@@ -388,7 +388,9 @@ def _predictive_section(predictive: Sequence[Mapping[str, Any]]) -> list[dict[st
 
     rows = []
     # Grouped by target, strongest correlation first, as in the terminal report.
-    for entry in rank_scores([dict(entry) for entry in predictive if isinstance(entry, Mapping)]):
+    # Pairs without samples (targets of a stage that did not run) are left out, as in the terminal report.
+    usable = [dict(entry) for entry in predictive if isinstance(entry, Mapping) and entry.get("n") != 0]
+    for entry in rank_scores(usable):
         rows.append({
             "score": entry.get("score"),
             "target": entry.get("target"),

@@ -283,3 +283,16 @@ def test_predictive_rows_strongest_first_within_target() -> None:
 
     body = re.search(r'<table class="predictive">.*?</table>', page, flags=re.DOTALL).group(0)
     assert body.index("strong") < body.index("weak")
+
+
+def test_predictive_rows_without_samples_left_out() -> None:
+    entries = [
+        {"score": "logit_margin", "target": "min_adversarial_distance_l2", "spearman": 0.5, "n": 10},
+        {"score": "logit_margin", "target": "adversarial_weight_radius", "spearman": None, "n": 0,
+         "skipped": "only 0 samples have finite values of both (at least 5 needed)"},
+    ]
+    page = render_html(make_results(predictive=entries))
+
+    body = re.search(r'<table class="predictive">.*?</table>', page, flags=re.DOTALL).group(0)
+    assert "min_adversarial_distance_l2" in body
+    assert "adversarial_weight_radius" not in body
