@@ -19,9 +19,20 @@ if TYPE_CHECKING:
     from ..results import Results
 
 
+def results_path(target: str) -> Path | None:
+    """Return the results file a MODEL argument names: a ``*.json`` file or a run directory's ``results.json``.
+
+    ``None`` when the argument names a model instead.
+    """
+    if target.lower().endswith(".json"):
+        return Path(target)
+    inside = Path(target) / "results.json"
+    return inside if inside.is_file() else None
+
+
 def is_results_file(target: str) -> bool:
-    """Return whether a MODEL argument names a results file (``*.json``) instead of a model."""
-    return target.lower().endswith(".json")
+    """Return whether a MODEL argument names a results file or a run directory instead of a model."""
+    return results_path(target) is not None
 
 
 def results_or_evaluation(
@@ -38,8 +49,9 @@ def results_or_evaluation(
     from ..pipeline import evaluate
     from ..results import load_results
 
-    if is_results_file(target):
-        return load_results(target)
+    path = results_path(target)
+    if path is not None:
+        return load_results(path)
     if config is None:
         raise ValueError(
             f"Expected --data to evaluate the model {target!r}, but none was given. "
@@ -65,7 +77,7 @@ def run_directory_name(position: int, target: str) -> str:
 
 @app.command()
 def compare(
-    models: list[str] = typer.Argument(..., help="Two or more model files, or results.json files of runs on the same samples."),
+    models: list[str] = typer.Argument(..., help="Two or more model files, or results.json files (or run directories) of runs on the same samples."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data for the models: 'digits', 'digits:image', or a .npz/.pt file. Required unless every MODEL is a results.json."),
     out: Path = typer.Option(Path("robusteval-compare"), "--out", "-o", help="Output directory: one run directory per model and comparison.html."),
     seed: int = typer.Option(0, "--seed", help="Seed of every evaluation and of the bootstrap resampling."),

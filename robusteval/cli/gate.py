@@ -96,7 +96,7 @@ def default_grid_for(data: str) -> Callable[[Norm], Sequence[float]]:
 
 @app.command()
 def gate(
-    model: str = typer.Argument(..., help="Model file to evaluate, or a results.json to gate without re-running."),
+    model: str = typer.Argument(..., help="Model file to evaluate, or a results.json (or run directory) to gate without re-running."),
     policy_file: Path = typer.Option(..., "--policy", "-p", help="TOML file with the thresholds in a [gate] table."),
     baseline_file: Optional[Path] = typer.Option(None, "--baseline", help="results.json of a baseline; the policy's max_regression bounds the drop in accuracy against it."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML file with one test case per threshold."),

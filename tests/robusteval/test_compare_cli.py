@@ -161,3 +161,16 @@ def test_compare_table_fits_80_columns(tmp_path: Path, monkeypatch: pytest.Monke
     assert f"M1: {names[0]}" in outcome.output
     assert f"M2: {names[1]}" in outcome.output
     assert "robust acc. linf 0.05" in outcome.output
+
+
+def test_compare_run_directories(tmp_path: Path) -> None:
+    first, second = tmp_path / "plain", tmp_path / "adv"
+    save_results(make_results("plain", 0.0), first / "results.json")
+    save_results(make_results("adv", 0.03), second / "results.json")
+
+    outcome = CliRunner().invoke(app, ["compare", str(first), str(second), "--out", str(tmp_path / "cmp"),
+                                       "--bootstrap", "200"])
+
+    assert outcome.exit_code == EXIT_OK, outcome.output
+    assert "66.7%" in outcome.output
+    assert "83.3%" in outcome.output
