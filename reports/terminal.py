@@ -277,14 +277,29 @@ def _predictive_table(predictive: Sequence[dict[str, Any]], limit: int = 15) -> 
         (entry for entry in predictive if entry.get("spearman") is not None),
         key=lambda entry: -abs(entry["spearman"]),
     )
+    captions = []
+    few = False
     for entry in ranked[:limit]:
         kendall = entry.get("kendall")
+        count = entry.get("n")
+        small = isinstance(count, int) and count < FEW_SAMPLES
+        few = few or small
         table.add_row(_short_name(str(entry["score"])), _short_name(str(entry["target"])),
                       _with_interval(entry.get("spearman"), entry.get("spearman_ci")),
-                      "-" if kendall is None else f"{kendall:+.2f}", str(entry.get("n", "-")))
+                      "-" if kendall is None else f"{kendall:+.2f}", f"{count}*" if small else str(count if count is not None else "-"))
+    if few:
+        captions.append(f"* fewer than {FEW_SAMPLES} samples: the coefficient and its bootstrap interval are unreliable.")
     if len(ranked) > limit:
-        table.caption = f"{len(ranked) - limit} more pairs, with Kendall intervals and AUROC, are in results.json."
+        captions.append(f"{len(ranked) - limit} more pairs, with Kendall intervals and AUROC, are in results.json.")
+    if captions:
+        table.caption = " ".join(captions)
     return table
+
+
+# Samples below which a rank correlation and its bootstrap interval are marked as unreliable. With
+# 5 samples in the same order in both columns, every resample is ordered too, and the report read
+# +1.00 [+1.00, +1.00]. The threshold of 20 is a convention, not a derived bound.
+FEW_SAMPLES = 20
 
 
 def _flags_panel(results: Results) -> Panel:

@@ -101,3 +101,10 @@ def test_report_without_certified_radii_says_so():
 
     assert "No certified radii" in text
     assert "Certified radius is exact" not in text
+
+
+def test_report_marks_correlations_on_few_samples():
+    text = " ".join(rendered(make_results([])).split())
+
+    assert "4*" in text
+    assert "fewer than 20 samples" in text
