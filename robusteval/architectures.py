@@ -113,11 +113,21 @@ def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in {id(p): p for p in model.parameters()}.values())
 
 
-def is_piecewise_linear(model: nn.Module) -> bool:
+def is_piecewise_linear(model: nn.Module, probe: torch.Tensor | None = None) -> bool:
     """Return whether every submodule is of a type on robusteval's list of piecewise-linear layers.
 
-    TorchScript and exported modules whose layers cannot be inspected return ``False``.
+    With input samples ``probe``, a model whose layers cannot be listed, such as a torch.export
+    program, also counts when a Linear/ReLU chain recovered from its graph reproduces its logits
+    there. TorchScript and exported modules that pass neither test return ``False``.
     """
+    if probe is not None and not _listed_piecewise_linear(model):
+        from .geometry import recover_chain
+
+        return recover_chain(model, probe) is not None
+    return _listed_piecewise_linear(model)
+
+
+def _listed_piecewise_linear(model: nn.Module) -> bool:
     allowed = (
         nn.Sequential, nn.Linear, nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout,
         nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,

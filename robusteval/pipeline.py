@@ -740,7 +740,7 @@ def _run_model_level_stages(
     tick = time.perf_counter()
     ts = torch.tensor([record.tangent_sensitivity for record in records], dtype=torch.float64)
     active = torch.tensor([record.active_units for record in records], dtype=torch.int64) if records[0].active_units else None
-    output["bounds"] = compute_bounds(context.model, tangent_sensitivity=ts, active_units=active)
+    output["bounds"] = compute_bounds(context.model, tangent_sensitivity=ts, active_units=active, x=context.x)
     if dataset.x_train is not None and dataset.y_train is not None:
         output["generalization"] = generalization_estimates(
             context.model, x_train=dataset.x_train.to(context.device), y_train=dataset.y_train.to(context.device),
@@ -905,7 +905,7 @@ def _assemble(
             sha256=loaded.sha256,
             format=loaded.format,
             parameter_count=count_parameters(context.model),
-            piecewise_linear=is_piecewise_linear(context.model),
+            piecewise_linear=is_piecewise_linear(context.model, context.x[:8]),
             architecture=loaded.architecture,
             num_classes=context.num_classes,
             name=loaded.name,

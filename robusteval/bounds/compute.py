@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .active_count_moments import fit_gaussian_count_model
-from .relu_chain import extract_relu_chain
+from .relu_chain import extract_relu_chain, relu_chain_from_graph
 from .spectral import spectral_norms
 from .tangent_bounds import (
     active_count_bound,
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 RELATIVE_TOLERANCE = 1e-5
 
 MOMENT_ORDERS = (1.0, 2.0)
+# Samples of x on which a chain recovered from a graph must reproduce the model's logits.
+GRAPH_PROBE_SAMPLES = 8
 
 _CHAIN_ASSUMPTIONS = "Fully connected ReLU chain (Linear layers with ReLU between them). "
 
@@ -68,7 +70,8 @@ def compute_bounds(
         active_units: ``(N, L-1)`` active ReLU units per hidden layer at each sample, or
             ``None`` to skip the data-dependent bounds.
         spectral: Also compute the spectral norm of T_k at the predicted class k (needs ``x``).
-        x: ``(N, ...)`` the evaluated inputs, used only when ``spectral`` is true.
+        x: ``(N, ...)`` the evaluated inputs, for the spectral norm and to recognize a chain
+            saved as TorchScript or torch.export from its graph.
 
     Returns:
         A JSON-ready dict. Each bound (``width``, ``active_count``, ``total_active_count``,
@@ -90,6 +93,16 @@ def compute_bounds(
     section: dict[str, Any] = {"relative_tolerance": RELATIVE_TOLERANCE}
 
     chain, reason = extract_relu_chain(model)
+    if chain is None and x is not None:
+        # TorchScript Sequentials and torch.export programs: read the chain from the graph.
+        recovered = relu_chain_from_graph(model, x[:GRAPH_PROBE_SAMPLES])
+        if recovered is not None:
+            chain, reason = recovered, ""
+        elif isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
+            reason = (
+                "The bounds need a fully connected chain of Linear layers alternating with ReLU; robusteval "
+                "could not recover one from this model's graph."
+            )
     if chain is None:
         section["applies"] = False
         section["reason"] = reason

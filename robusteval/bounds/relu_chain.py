@@ -102,6 +102,30 @@ def extract_relu_chain(model: nn.Module) -> tuple[ReluChain | None, str]:
     return ReluChain(weights, biases), ""
 
 
+def relu_chain_from_graph(model: nn.Module, x: Tensor) -> ReluChain | None:
+    """Return the chain that the geometry stage recovers from ``model``'s graph, or ``None``.
+
+    This recognizes chains saved as TorchScript Sequentials or torch.export programs, whose
+    module lists :func:`extract_relu_chain` cannot read. The recovered chain reproduces the
+    model's logits on ``x``; it counts only if its layers alternate Linear and ReLU.
+    """
+    from ..geometry import recover_chain
+
+    recovered = recover_chain(model, x)
+    if recovered is None:
+        return None
+    layers = recovered.layers
+    if layers[-1].relu_after or not all(layer.relu_after for layer in layers[:-1]):
+        return None
+    weights = tuple(layer.weight.detach().to(torch.float64) for layer in layers)
+    biases = tuple(
+        layer.bias.detach().to(torch.float64) if layer.bias is not None
+        else torch.zeros(layer.weight.shape[0], dtype=torch.float64, device=layer.weight.device)
+        for layer in layers
+    )
+    return ReluChain(weights, biases)
+
+
 @dataclass(frozen=True)
 class ChainForward:
     """Per-sample activation masks and closed-form tangent sensitivity of a chain.

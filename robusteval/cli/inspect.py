@@ -42,15 +42,16 @@ def inspect(
         if loaded.architecture:
             summary.add_row("architecture", Text(loaded.architecture))
         summary.add_row("parameters", f"{count_parameters(network):,}")
-        summary.add_row("piecewise linear", _piecewise_linear_label(network, is_piecewise_linear(network)))
+        # The preflight runs first, so that data the model cannot take gets its own message.
+        dataset = load_data(data) if data is not None else None
+        report = preflight(network, dataset) if dataset is not None else None
+        probe = dataset.x[:PROBE_SAMPLES] if dataset is not None else None
+        summary.add_row("piecewise linear", _piecewise_linear_label(network, is_piecewise_linear(network, probe)))
 
         flags = []
-        if data is not None:
-            dataset = load_data(data)
-            report = preflight(network, dataset)
+        if dataset is not None and report is not None and probe is not None:
             summary.add_row("classes", str(report.num_classes))
             summary.add_row("data", Text(f"{dataset.name}: {len(dataset.y)} samples of shape {tuple(dataset.x.shape[1:])}"))
-            probe = dataset.x[:PROBE_SAMPLES]
             if recover_chain(network, probe) is not None:
                 path = "exact closed form (Linear/ReLU chain)"
             elif eager_equivalent(network, probe) is None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from robusteval.architectures import build_architecture
+from robusteval.architectures import build_architecture, is_piecewise_linear
 from robusteval.bounds import (
     active_count_bound,
     compute_bounds,
@@ -211,3 +211,31 @@ def test_active_units_shape_is_checked() -> None:
     model = _random_chain("mlp:3-4-5-2", 0)
     with pytest.raises(ValueError, match=r"active units of shape \(2, 2\)"):
         compute_bounds(model, tangent_sensitivity=torch.ones(2, 2), active_units=torch.ones(2, 3))
+
+
+def test_bounds_read_exported_chain_from_graph() -> None:
+    model, x_test = _train_digits_mlp()
+    chain, _ = extract_relu_chain(model)
+    assert chain is not None
+    forward = evaluate_chain(chain, x_test)
+    program = torch.export.export(model.eval(), (x_test[:4].float(),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    exported = program.module()
+
+    direct = compute_bounds(model, tangent_sensitivity=forward.tangent_sensitivity, active_units=forward.active_units)
+    from_graph = compute_bounds(exported, tangent_sensitivity=forward.tangent_sensitivity,
+                                active_units=forward.active_units, x=x_test.float())
+    without_inputs = compute_bounds(exported, tangent_sensitivity=forward.tangent_sensitivity,
+                                    active_units=forward.active_units)
+
+    for name in ("width", "active_count", "total_active_count"):
+        assert from_graph[name]["applies"] is True
+        assert from_graph[name]["value"] == pytest.approx(direct[name]["value"], rel=1e-12)
+        assert without_inputs[name]["applies"] is False
+
+
+def test_exported_chain_counts_as_piecewise_linear() -> None:
+    model, x_test = _train_digits_mlp()
+    program = torch.export.export(model.eval(), (x_test[:4].float(),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+    assert is_piecewise_linear(program.module(), x_test[:8].float())
+    assert not is_piecewise_linear(program.module())
