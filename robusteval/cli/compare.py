@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ._app import app, at_least, configure_logging, console, fail, handle_errors
+from ._app import app, at_least, configure_logging, console, error_console, fail, handle_errors
 
 if TYPE_CHECKING:
     from ..compare import Comparison
@@ -107,6 +107,12 @@ def compare(
                 arch=arch, trust_pickle=trust_pickle, data=data, samples=samples, seed=seed, eps=tuple(eps),
                 attacks=attack_spec, parameter_space=parameter_space,
             )
+        saved = [target for target in models if is_results_file(target)]
+        if saved and config is not None:
+            error_console.print(Text(
+                f"note: {', '.join(saved)} {'is a saved run' if len(saved) == 1 else 'are saved runs'}, compared "
+                "as saved; --data, --samples, --seed, --eps and --attacks apply only to model files."
+            ))
         evaluated = [
             results_or_evaluation(target, config, out / run_directory_name(position, target), force=force)
             for position, target in enumerate(models)

@@ -174,3 +174,15 @@ def test_compare_run_directories(tmp_path: Path) -> None:
     assert outcome.exit_code == EXIT_OK, outcome.output
     assert "66.7%" in outcome.output
     assert "83.3%" in outcome.output
+
+
+def test_compare_saved_runs_notes_ignored_options(tmp_path: Path) -> None:
+    first, second = tmp_path / "plain.json", tmp_path / "adv.json"
+    save_results(make_results("plain", 0.0), first)
+    save_results(make_results("adv", 0.03), second)
+
+    outcome = CliRunner().invoke(app, ["compare", str(first), str(second), "--data", "digits", "--samples", "3",
+                                       "--out", str(tmp_path / "cmp"), "--bootstrap", "200"])
+
+    assert outcome.exit_code == EXIT_OK, outcome.output
+    assert "apply only to model files" in " ".join(outcome.stderr.split())
