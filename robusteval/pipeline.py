@@ -133,10 +133,11 @@ class _Context:
     # Sequential), or None when that stage cannot or should not run.
     parameter_model: nn.Module | None
     flags: list[Flag] = field(default_factory=list)
-    # The float64 copy of the model that the region walk uses, built at its first block.
+    # The region walk's prepared model, built at its first block.
     region_walker: Any = None
-    # The float64 copy that checks affinity, built at the first block that needs it. It stays
-    # None after a failed conversion, and the check then runs in the model's dtype.
+    # The float64 copy of the model that checks affinity and that the region walk reuses, built
+    # at the first block that needs it. It stays None after a failed conversion, and the
+    # affinity check then runs in the model's dtype.
     affine_reference: nn.Module | None = None
     affine_reference_built: bool = False
 
@@ -521,10 +522,10 @@ def _input_curvature(model: nn.Module, inputs: torch.Tensor, seed: int) -> float
         logits = model(x)
         weights = torch.randn(logits.shape, generator=generator, dtype=torch.float64).to(logits)
         (gradient,) = torch.autograd.grad((logits * weights).sum(), x, create_graph=True)
-        direction = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)
-        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, *[1] * (x.dim() - 1))
         if not gradient.requires_grad:
             return 0.0
+        direction = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)
+        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, *[1] * (x.dim() - 1))
         (product,) = torch.autograd.grad((gradient * direction).sum(), x, allow_unused=True)
     if product is None:
         return 0.0
@@ -568,7 +569,7 @@ def _regions_crossed(
         if bool(found.any()):
             try:
                 if context.region_walker is None:
-                    context.region_walker = RegionWalker(context.model, x)
+                    context.region_walker = RegionWalker(context.model, x, float64_model=_affine_reference(context))
                 values = context.region_walker.count(x[found], adversarial[found])
             except ValueError as error:
                 # Models whose ReLUs cannot be located have no region walk, which one flag records.

@@ -170,12 +170,11 @@ def kendall_resampled(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.nd
     n = x.size
     if n > MATRIX_KENDALL_LIMIT:
         return _kendall_each_resample(x, y, counts)
-    dtype = np.float32
-    weights = counts.astype(dtype, copy=False)
-    # Dense ranks order the samples as x and y do and are exact in dtype, so the signs of their
+    weights = counts.astype(np.float32)
+    # Dense ranks order the samples as x and y do and are exact in float32, so the signs of their
     # differences need no float64 temporaries.
-    ranks_x: np.ndarray = np.unique(x, return_inverse=True)[1].astype(dtype)
-    ranks_y: np.ndarray = np.unique(y, return_inverse=True)[1].astype(dtype)
+    ranks_x: np.ndarray = np.unique(x, return_inverse=True)[1].astype(np.float32)
+    ranks_y: np.ndarray = np.unique(y, return_inverse=True)[1].astype(np.float32)
     sums = np.zeros((3, counts.shape[1]), dtype=np.float64)  # numerator, x pairs, y pairs
     block = max(1, CHUNK_ELEMENTS // n)
     for start in range(0, n, block):

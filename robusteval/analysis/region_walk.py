@@ -82,12 +82,14 @@ class RegionWalker:
             :func:`robusteval.geometry.preactivation_runner` can locate.
         x: ``(N, ...)`` sample inputs, used to check that a fully connected chain read from
             ``model`` reproduces its logits.
+        float64_model: a float64 copy of ``model`` already at hand, from :func:`float64_copy`,
+            used instead of making another one when ``model`` is not a fully connected chain.
 
     Raises:
         ValueError: when the model's ReLUs cannot be located.
     """
 
-    def __init__(self, model: nn.Module, x: Tensor) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, *, float64_model: nn.Module | None = None) -> None:
         chain = recover_chain(model, x)
         self._layers: tuple[LinearLayer, ...] | None = None
         self._runner: PreactivationRunner | None = None
@@ -101,7 +103,7 @@ class RegionWalker:
                 for layer in chain.layers
             )
             return
-        self._runner = preactivation_runner(float64_copy(model))
+        self._runner = preactivation_runner(float64_model if float64_model is not None else float64_copy(model))
 
     @property
     def method(self) -> str:

@@ -86,9 +86,9 @@ def chain_analysis(chain: ReluChain, x: Tensor, *, memory_budget: int) -> tuple[
 
     piece: LocalLinearPiece | None = None
     values: Tensor | None = None
+    logits, preactivations, masks = forward
     for start in range(0, flat.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
-        logits, preactivations, masks = forward
         chunk_forward = (logits[rows], [z[rows] for z in preactivations], [None if m is None else m[rows] for m in masks])
         chunk_piece, chunk_values = _chain_chunk(chain, flat[rows], chunk_forward)
         if piece is None or values is None:
