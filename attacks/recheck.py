@@ -9,11 +9,11 @@ A backend's success flag is not trusted. An example counts only when all of thes
   the attack's, predicts a class other than the label.
 
 Minimal-norm attacks such as FMN stop on the decision boundary, where the logits of two classes
-differ by rounding only and the class can change with the batch size. A claimed example that
-passes every check but the last is therefore moved outward along its own perturbation by a
-relative 1e-6, then 1e-5, 1e-4 and 1e-3, and counts, at its new and slightly larger distance, as
-soon as it is misclassified and still within the budget. Without this, a plain ReLU MLP lost 6
-of 128 FMN examples, and one sample's minimal distance came from PGD at 440 times the true one.
+differ by rounding only and the class can change with the batch size. So a claimed example that
+passes every check but the last is moved outward along its own perturbation by a relative 1e-6,
+then 1e-5, 1e-4 and 1e-3. It counts, at its new and slightly larger distance, once it is
+misclassified and still within the budget. Without this, a plain ReLU MLP lost 6 of 128 FMN
+examples, and one sample's minimal distance came from PGD at 440 times the true one.
 """
 
 from __future__ import annotations

@@ -162,8 +162,8 @@ def _bracket_table(results: Results) -> Table | None:
         gap = values.get("gap_quantiles") or {}
         median = gap.get("0.5", gap.get("median")) if isinstance(gap, dict) else None
         table.add_row(norm, _percent(values.get("exact_share")), _number(median), str(values.get("violations", "-")))
-    # The caption of the geometry table counts certificates that are exact by construction; this
-    # table counts samples where an attack came within 1% of the radius, so the two can differ.
+    # The geometry table's caption counts certificates that are exact by construction. This table
+    # counts samples where an attack came within 1% of the radius, so the two can differ.
     table.caption = ("attack within 1%: samples whose minimal adversarial distance is within 1% of the certified "
                      "radius, so that their robustness is known from both sides.")
     return table
@@ -284,9 +284,12 @@ def _predictive_table(predictive: Sequence[dict[str, Any]], limit: int = 15) -> 
         count = entry.get("n")
         small = isinstance(count, int) and count < FEW_SAMPLES
         few = few or small
+        count_text = "-" if count is None else str(count)
+        if small:
+            count_text += "*"
         table.add_row(_short_name(str(entry["score"])), _short_name(str(entry["target"])),
                       _with_interval(entry.get("spearman"), entry.get("spearman_ci")),
-                      "-" if kendall is None else f"{kendall:+.2f}", f"{count}*" if small else str(count if count is not None else "-"))
+                      "-" if kendall is None else f"{kendall:+.2f}", count_text)
     if few:
         captions.append(f"* fewer than {FEW_SAMPLES} samples: the coefficient and its bootstrap interval are unreliable.")
     if len(ranked) > limit:
