@@ -96,35 +96,32 @@ def test_auroc_one_class_is_none() -> None:
     assert auroc(np.arange(4.0), np.ones(4, dtype=bool)) is None
 
 
+def _scipy_spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Return scipy's Spearman rho, or NaN for a constant column as :func:`spearman` gives."""
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x, y).statistic)
+
+
+@pytest.mark.parametrize(
+    ("resampled", "reference"),
+    [(kendall_resampled, kendall), (spearman_resampled, _scipy_spearman)],
+    ids=["kendall", "spearman"],
+)
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("n", [2, 40, 301])
-def test_kendall_resampled_matches_scipy(ties: bool, n: int) -> None:
+def test_resampled_coefficient_matches_scipy(resampled, reference, ties: bool, n: int) -> None:
     x, y = _correlated_data(9, n=n, ties=ties)
     indices = bootstrap_indices(x.size, 70, np.random.default_rng(2))
 
-    batched = kendall_resampled(x, y, draw_counts(indices, x.size))
+    batched = resampled(x, y, draw_counts(indices, x.size))
 
     for row, value in zip(indices, batched):
-        expected = kendall(x[row], y[row])
+        expected = reference(x[row], y[row])
         if np.isnan(expected):
             assert np.isnan(value)
         else:
             assert value == pytest.approx(expected, abs=1e-12)
-
-
-@pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("n", [2, 40, 301])
-def test_spearman_resampled_matches_scipy(ties: bool, n: int) -> None:
-    x, y = _correlated_data(12, n=n, ties=ties)
-    indices = bootstrap_indices(x.size, 70, np.random.default_rng(5))
-
-    batched = spearman_resampled(x, y, draw_counts(indices, x.size))
-
-    for row, value in zip(indices, batched):
-        if np.ptp(x[row]) == 0 or np.ptp(y[row]) == 0:
-            assert np.isnan(value)
-        else:
-            assert value == pytest.approx(stats.spearmanr(x[row], y[row]).statistic, abs=1e-12)
 
 
 def test_draw_counts_count_each_row() -> None:

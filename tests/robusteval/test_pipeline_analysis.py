@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,19 +16,33 @@ from robusteval.digits import digits_split
 from robusteval.pipeline import EvaluationConfig, evaluate
 
 
-@pytest.fixture(scope="module")
-def narrow_results(tmp_path_factory):
-    """A 64-3-10 network: few activation regions, so many samples share one."""
+def trained_on_digits(build: Callable[[], nn.Module], *, steps: int) -> tuple[nn.Module, torch.Tensor]:
+    """Build a model with torch's seed 0, train it full-batch on the digits train split; return it in eval mode and the inputs."""
     torch.manual_seed(0)
     x, y = (torch.from_numpy(a) for a in digits_split("train"))
-    model = nn.Sequential(nn.Linear(64, 3), nn.ReLU(), nn.Linear(3, 10))
+    model = build()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
+    for _ in range(steps):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
+    return model.eval(), x
+
+
+def save_exported(build: Callable[[], nn.Module], path: Path) -> Path:
+    """Train the model of ``build`` for 60 steps and save it with torch.export, batch size dynamic; return ``path``."""
+    model, x = trained_on_digits(build, steps=60)
+    program = torch.export.export(model, (x[:4],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def narrow_results(tmp_path_factory):
+    """A 64-3-10 network: few activation regions, so many samples share one."""
+    model, _ = trained_on_digits(lambda: nn.Sequential(nn.Linear(64, 3), nn.ReLU(), nn.Linear(3, 10)), steps=100)
     folder = tmp_path_factory.mktemp("narrow")
-    torch.jit.save(torch.jit.script(model.eval()), str(folder / "narrow.pt"))
+    torch.jit.save(torch.jit.script(model), str(folder / "narrow.pt"))
     config = EvaluationConfig(model=str(folder / "narrow.pt"), samples=40, attacks=("fmn", "deepfool"),
                               parameter_space=False, bootstrap=200, seed=1)
     evaluate(config, out_dir=folder / "out")
@@ -75,17 +91,7 @@ def samples_with_both(results, norm):
 
 def test_tanh_network_gets_no_certificate(tmp_path):
     """Certified radii assume a piecewise-linear network; a tanh network must not get any."""
-    torch.manual_seed(0)
-    x, y = (torch.from_numpy(a) for a in digits_split("train"))
-    model = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    path = tmp_path / "tanh.pt2"
-    program = torch.export.export(model.eval(), (x[:4],), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, str(path))
+    path = save_exported(lambda: nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10)), tmp_path / "tanh.pt2")
 
     results = evaluate(EvaluationConfig(model=str(path), samples=12, attacks=("fmn", "deepfool"),
                                         parameter_space=False, bootstrap=20))
@@ -121,17 +127,10 @@ def test_relu_mlp_keeps_certificates_at_small_radii(tmp_path):
 def test_tanh_beside_relus_gets_no_certificate(tmp_path):
     """With ReLUs located, region distances fall below the decision distances and the radii are tiny,
     so only the curvature probe can tell that the tanh layer breaks the certificate."""
-    torch.manual_seed(0)
-    x, y = (torch.from_numpy(a) for a in digits_split("train"))
-    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    path = tmp_path / "mixed.pt2"
-    program = torch.export.export(model.eval(), (x[:4],), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, str(path))
+    path = save_exported(
+        lambda: nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)),
+        tmp_path / "mixed.pt2",
+    )
 
     results = evaluate(EvaluationConfig(model=str(path), samples=12, attacks=("fmn",), parameter_space=False,
                                         bootstrap=20))
