@@ -285,7 +285,7 @@ PARAMETER_SPACE_NAMES = {
     "accuracy_std": "standard deviation of the accuracy",
     "sharpness_sigma": "noise sharpness sigma",
     "num_eval": "evaluated samples",
-    "delta_l2": "parameter step (L2)",
+    "delta_l2": "input perturbation (L2; 0 when no perturbation changed more predictions)",
 }
 
 _SUMMARY_KEYS = frozenset({"count", "finite", "min", "q25", "median", "q75", "max", "mean"})

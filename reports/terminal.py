@@ -202,12 +202,12 @@ def _parameter_space_table(section: dict[str, Any]) -> Group:
             f"{_describe_summary(shift.get('achieved_over_bound_inside_region'))} and the bound was violated "
             f"{shift.get('bound_violations_inside_region')} times"))
     for update in section.get("single_example_update") or []:
-        facts.add_row(
-            f"single-example update ({update.get('mode')})",
-            Text(f"one step of size {_number(update.get('step_size'))} changes {update.get('changed_clean')} of "
-                 f"{update.get('num_eval')} predictions; perturbed within {update.get('norm')} "
-                 f"{_number(update.get('epsilon'))}: {update.get('changed_perturbed')}"),
-        )
+        text = (f"one step of size {_number(update.get('step_size'))} changes {update.get('changed_clean')} of "
+                f"{update.get('num_eval')} predictions; perturbed within {update.get('norm')} "
+                f"{_number(update.get('epsilon'))}: {update.get('changed_perturbed')}")
+        if update.get("delta_l2") == 0:
+            text += " (no perturbation changed more, so the search kept the unperturbed example)"
+        facts.add_row(f"single-example update ({update.get('mode')})", Text(text))
     if facts.row_count:
         parts.append(facts)
     return Group(*parts)

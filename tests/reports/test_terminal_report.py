@@ -108,3 +108,16 @@ def test_report_marks_correlations_on_few_samples():
 
     assert "4*" in text
     assert "fewer than 20 samples" in text
+
+
+def test_report_says_update_search_kept_clean_example():
+    results = make_results([])
+    results.parameter_space["single_example_update"] = [
+        {"mode": "output", "step_size": 0.1, "changed_clean": 458, "num_eval": 540, "norm": "l2",
+         "epsilon": 0.003, "changed_perturbed": 458, "delta_l2": 0.0},
+    ]
+
+    text = " ".join(rendered(results).split())
+
+    assert "changes 458 of 540 predictions" in text
+    assert "kept the unperturbed example" in text

@@ -62,16 +62,12 @@ def test_direct_calls_match_robusteval() -> None:
     measurements = pipeline.bench_pipeline(quick=True)
 
     # Three lines per workload at the one quick size: overhead, attack stage alone, agreement of
-    # robust accuracy. The target applies to the trained model only; the random one is a stress case.
+    # robust accuracy. The overhead target is for 64 and 256 samples, so no quick line carries it.
     assert len(measurements) == 3 * len(pipeline.WORKLOADS)
-    lines = zip(*[iter(measurements)] * 3)
-    for (_, targeted), (overhead, attack_stage, agreement) in zip(pipeline.WORKLOADS.values(), lines):
+    for overhead, attack_stage, agreement in zip(*[iter(measurements)] * 3):
         assert agreement.passed is True
         assert agreement.value == 0.0
-        if targeted:
-            assert overhead.passed is (overhead.value <= pipeline.OVERHEAD_TARGET_PERCENT)
-        else:
-            assert overhead.passed is None
+        assert overhead.passed is None
         assert math.isfinite(overhead.value)
         assert overhead.value > -100
         assert attack_stage.passed is None
